@@ -1,0 +1,59 @@
+"""pytest-benchmark options shared by every bench_<family>.py.
+
+    pytest benchmarks/bench_gating.py --bench-device cuda --bench-dtype bfloat16
+
+Each case's candidates are timed as separate benchmarks in one group (the group name is the case
+id), so the table shows the baseline and ours side by side from the same run;
+`python benchmarks/summarize.py out.json` prints their ratios.
+"""
+import pytest
+import torch
+
+
+def pytest_addoption(parser):
+    parser.addoption("--bench-device", default="cpu", choices=["cpu", "cuda"], help="device to benchmark on")
+    parser.addoption("--bench-dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    parser.addoption("--bench-size", default="full", choices=["tiny", "quick", "full"], help="size set")
+
+
+@pytest.fixture(scope="session")
+def bench_device(request):
+    device = torch.device(request.config.getoption("--bench-device"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        pytest.fail("--bench-device cuda but no GPU is visible")
+    return device
+
+
+@pytest.fixture(scope="session")
+def bench_dtype(request):
+    return getattr(torch, request.config.getoption("--bench-dtype"))
+
+
+def run_case(benchmark, case, candidate, device, dtype):
+    """Time one candidate of a case; CUDA work is synchronised inside the timed call."""
+    run = case.build(device, dtype)
+    fn = run.candidates[candidate]
+    benchmark.group = case.id
+    benchmark.extra_info.update(family=case.family, case=case.name, shape=case.shape, candidate=candidate,
+                                bytes_moved=run.bytes_moved, flops=run.flops, device=str(device), dtype=str(dtype))
+    if device.type == "cuda":
+        def timed():
+            fn()
+            torch.cuda.synchronize()
+    else:
+        timed = fn
+    timed()  # warm-up (and first-call compilation/caching) outside the measurement
+    benchmark(timed)
+
+
+def pytest_generate_tests(metafunc):
+    """Parametrize `case, candidate` from the module's FAMILY and the --bench-size option."""
+    if "case" not in metafunc.fixturenames:
+        return
+    from pesc_kernels.bench import cases_for
+
+    size = metafunc.config.getoption("--bench-size")
+    params = [pytest.param(case, candidate, id=f"{case.id}-{candidate}")
+              for case in cases_for(metafunc.module.FAMILY, size)
+              for candidate in case.candidates]
+    metafunc.parametrize("case,candidate", params)

@@ -1,0 +1,33 @@
+"""Print baseline/ours ratios from a pytest-benchmark JSON file (one row per case).
+
+    pytest benchmarks --benchmark-json out.json && python benchmarks/summarize.py out.json
+
+speedup = baseline median / ours median, both measured in the same run.
+"""
+import json
+import sys
+from collections import defaultdict
+
+
+def summarize(path):
+    data = json.load(open(path))
+    groups = defaultdict(dict)
+    for bench in data["benchmarks"]:
+        info = bench["extra_info"]
+        groups[bench["group"]][info["candidate"]] = bench["stats"]["median"]
+    rows = []
+    for group, times in groups.items():
+        ours = times.get("pesc")
+        for baseline, t in times.items():
+            if baseline != "pesc" and ours:
+                rows.append((group, baseline, t * 1e3, ours * 1e3, t / ours))
+    width = max((len(r[0]) for r in rows), default=10)
+    print(f"{'case':<{width}}  {'baseline':<12} {'base ms':>9} {'pesc ms':>9} {'speedup':>8}")
+    for group, baseline, t_base, t_ours, ratio in rows:
+        print(f"{group:<{width}}  {baseline:<12} {t_base:9.3f} {t_ours:9.3f} {ratio:7.2f}x")
+    machine = data.get("machine_info", {})
+    print(f"\nmachine: {machine.get('cpu', {}).get('brand_raw', '?')}, {data.get('datetime', '')}")
+
+
+if __name__ == "__main__":
+    summarize(sys.argv[1])

@@ -1,0 +1,38 @@
+// Input validation for every op, shared by the CPU and CUDA entry points (the one place checks live).
+//
+// Each failure raises c10::Error (Python: RuntimeError/ValueError/TypeError per TORCH_CHECK_* kind)
+// with a message that names the op, the argument and what was expected.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <optional>
+#include <string>
+
+namespace pesc {
+
+std::string shape_string(const at::Tensor& t);
+
+// Generic checks: `op` is the public op name, `arg` the argument name.
+void check_defined(const char* op, const at::Tensor& t, const char* arg);
+void check_dim(const char* op, const at::Tensor& t, int64_t dim, const char* arg, const char* layout);
+void check_float_dtype(const char* op, const at::Tensor& t, const char* arg);  // fp32, fp16 or bf16
+void check_dtype(const char* op, const at::Tensor& t, at::ScalarType dtype, const char* arg);
+void check_same_device(const char* op, const at::Tensor& a, const char* a_arg, const at::Tensor& b, const char* b_arg);
+void check_size(const char* op, const at::Tensor& t, int64_t dim, int64_t expected, const char* arg, const char* what);
+
+// Reads the data (CPU tensors only): every int32 id in `ids` must lie in [0, num_experts); the error
+// names the first offending value and its position.
+void check_expert_ids_cpu(const char* op, const at::Tensor& ids, int64_t num_experts, const char* arg);
+
+// ---- routing (csrc/common/checks_gating.cpp) ----
+void check_topk_gating(const at::Tensor& logits, int64_t k);
+void check_topk_gating_backward(const at::Tensor& grad_weights, const at::Tensor& logits, const at::Tensor& weights,
+                                const at::Tensor& indices);
+void check_router_mask(const char* op, const at::Tensor& logits, const std::optional<at::Tensor>& mask);
+void check_load_balancing_loss(const at::Tensor& logits, const at::Tensor& indices,
+                               const std::optional<at::Tensor>& mask);
+void check_router_z_loss(const at::Tensor& logits, const std::optional<at::Tensor>& mask);
+void check_scalar_grad(const char* op, const at::Tensor& grad, const at::Tensor& logits);
+
+}  // namespace pesc

@@ -1,0 +1,9 @@
+// Torch-free dtype tag passed from the host entry points to the CUDA launchers, so that .cu files
+// never include ATen headers (they dominate nvcc compile time, see BUILD-NOTES).
+#pragma once
+
+namespace pesc {
+
+enum class DType : int { Float32 = 0, Float16 = 1, BFloat16 = 2 };
+
+}  // namespace pesc

@@ -1,0 +1,32 @@
+// The only file that registers ops: schemas under the `pesc` namespace (TORCH_LIBRARY) and the CPU
+// and CUDA kernels behind them (TORCH_LIBRARY_IMPL). Fake (meta) implementations and autograd
+// formulas are registered from Python in pesc_kernels/ops.py, which set_python_module names so
+// torch imports it whenever it needs them (torch.compile, opcheck).
+#include <torch/library.h>
+
+#include "ops.h"
+
+TORCH_LIBRARY(pesc, m) {
+  // Routing (DESIGN.md 2.1).
+  m.def("topk_gating(Tensor logits, int k, bool normalize=True) -> (Tensor weights, Tensor indices)");
+  m.def("topk_gating_backward(Tensor grad_weights, Tensor logits, Tensor weights, Tensor indices, bool normalize)"
+        " -> Tensor");
+  m.def("load_balancing_loss(Tensor logits, Tensor indices, Tensor? mask=None) -> Tensor");
+  m.def("load_balancing_loss_backward(Tensor grad, Tensor logits, Tensor indices, Tensor? mask) -> Tensor");
+  m.def("router_z_loss(Tensor logits, Tensor? mask=None) -> Tensor");
+  m.def("router_z_loss_backward(Tensor grad, Tensor logits, Tensor? mask) -> Tensor");
+}
+
+#define PESC_IMPL_GATING_OPS(m, backend)                                            \
+  m.impl("topk_gating", &pesc::topk_gating_##backend);                             \
+  m.impl("topk_gating_backward", &pesc::topk_gating_backward_##backend);           \
+  m.impl("load_balancing_loss", &pesc::load_balancing_loss_##backend);             \
+  m.impl("load_balancing_loss_backward", &pesc::load_balancing_loss_backward_##backend); \
+  m.impl("router_z_loss", &pesc::router_z_loss_##backend);                         \
+  m.impl("router_z_loss_backward", &pesc::router_z_loss_backward_##backend);
+
+TORCH_LIBRARY_IMPL(pesc, CPU, m) { PESC_IMPL_GATING_OPS(m, cpu) }
+
+#if PESC_WITH_CUDA
+TORCH_LIBRARY_IMPL(pesc, CUDA, m) { PESC_IMPL_GATING_OPS(m, cuda) }
+#endif

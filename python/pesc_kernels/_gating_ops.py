@@ -1,0 +1,127 @@
+"""Routing ops: top-k gating, the Switch load-balancing loss and the router z-loss (DESIGN.md 2.1).
+
+Registers fake implementations and autograd for ``torch.ops.pesc.{topk_gating,
+load_balancing_loss, router_z_loss}``; their backward passes are ops too (``*_backward``), so
+torch.compile sees opaque, shape-stable calls in both directions.
+"""
+from __future__ import annotations
+
+import torch
+
+from . import _library, reference
+
+
+def topk_gating(logits: torch.Tensor, k: int, normalize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax router with top-k selection.
+
+    Args:
+        logits: ``[T, E]`` router logits, float32/float16/bfloat16, 1 <= E <= 1024.
+        k: experts per token, 1 <= k <= E.
+        normalize: renormalise the k selected probabilities to sum to 1 (PESC does).
+
+    Returns:
+        ``weights [T, k]`` float32 and ``indices [T, k]`` int32, in descending order of probability.
+        Ranking ties go to the lower expert index. A row with NaN gives NaN weights but still k
+        distinct valid ids. The softmax runs in float32. Gradient flows to ``logits`` from
+        ``weights`` only, in ``logits``' dtype.
+    """
+    if _library.use_kernel("topk_gating", logits.device):
+        return torch.ops.pesc.topk_gating(logits, k, normalize)
+    return reference.topk_gating(logits, k, normalize)
+
+
+def load_balancing_loss(
+    logits: torch.Tensor, indices: torch.Tensor, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Switch Transformer balancing loss ``E * sum_e f_e * P_e`` as a 0-dim float32 tensor.
+
+    Args:
+        logits: ``[T, E]`` router logits (float32/float16/bfloat16).
+        indices: ``[T, k]`` int32 expert ids chosen for each token (e.g. from :func:`topk_gating`).
+        mask: optional ``[T]`` bool, True for tokens that count (e.g. the attention mask).
+
+    ``f_e`` is the fraction of the counted tokens' T*k routed slots that went to expert e and ``P_e``
+    the mean softmax probability of expert e over counted tokens. Gradient flows to ``logits``
+    through ``P`` only. Returns 0 when no token counts.
+    """
+    if _library.use_kernel("load_balancing_loss", logits.device):
+        return torch.ops.pesc.load_balancing_loss(logits, indices, mask)
+    return reference.load_balancing_loss(logits, indices, mask)
+
+
+def router_z_loss(logits: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Router z-loss ``mean_t logsumexp(logits_t)^2`` over counted tokens, 0-dim float32.
+
+    Args:
+        logits: ``[T, E]`` router logits (float32/float16/bfloat16).
+        mask: optional ``[T]`` bool, True for tokens that count. Returns 0 when none does.
+    """
+    if _library.use_kernel("router_z_loss", logits.device):
+        return torch.ops.pesc.router_z_loss(logits, mask)
+    return reference.router_z_loss(logits, mask)
+
+
+def _register() -> None:
+    lib = "pesc::"
+
+    @torch.library.register_fake(lib + "topk_gating")
+    def _(logits, k, normalize=True):
+        rows = logits.shape[0]
+        return (logits.new_empty((rows, k), dtype=torch.float32), logits.new_empty((rows, k), dtype=torch.int32))
+
+    @torch.library.register_fake(lib + "topk_gating_backward")
+    def _(grad_weights, logits, weights, indices, normalize):
+        return torch.empty_like(logits)
+
+    @torch.library.register_fake(lib + "load_balancing_loss")
+    def _(logits, indices, mask=None):
+        return logits.new_empty((), dtype=torch.float32)
+
+    @torch.library.register_fake(lib + "load_balancing_loss_backward")
+    def _(grad, logits, indices, mask):
+        return torch.empty_like(logits)
+
+    @torch.library.register_fake(lib + "router_z_loss")
+    def _(logits, mask=None):
+        return logits.new_empty((), dtype=torch.float32)
+
+    @torch.library.register_fake(lib + "router_z_loss_backward")
+    def _(grad, logits, mask):
+        return torch.empty_like(logits)
+
+    def gating_setup(ctx, inputs, output):
+        logits, _k, normalize = inputs
+        weights, indices = output
+        ctx.save_for_backward(logits, weights, indices)
+        ctx.normalize = normalize
+
+    def gating_backward(ctx, grad_weights, _grad_indices):
+        logits, weights, indices = ctx.saved_tensors
+        grad = torch.ops.pesc.topk_gating_backward(grad_weights, logits, weights, indices, ctx.normalize)
+        return grad, None, None
+
+    torch.library.register_autograd(lib + "topk_gating", gating_backward, setup_context=gating_setup)
+
+    def balance_setup(ctx, inputs, output):
+        logits, indices, mask = inputs
+        ctx.save_for_backward(logits, indices, mask)
+
+    def balance_backward(ctx, grad):
+        logits, indices, mask = ctx.saved_tensors
+        return torch.ops.pesc.load_balancing_loss_backward(grad, logits, indices, mask), None, None
+
+    torch.library.register_autograd(lib + "load_balancing_loss", balance_backward, setup_context=balance_setup)
+
+    def z_setup(ctx, inputs, output):
+        logits, mask = inputs
+        ctx.save_for_backward(logits, mask)
+
+    def z_backward(ctx, grad):
+        logits, mask = ctx.saved_tensors
+        return torch.ops.pesc.router_z_loss_backward(grad, logits, mask), None
+
+    torch.library.register_autograd(lib + "router_z_loss", z_backward, setup_context=z_setup)
+
+
+if _library.extension_loaded():
+    _register()

@@ -1,0 +1,85 @@
+"""Loading of the compiled extension and the choice, per op and device, between it and the reference.
+
+`pesc_kernels._C` registers every op under ``torch.ops.pesc`` when imported. If it is missing (not
+built) or has no kernel for a device (MPS, XPU, or CUDA tensors with a CPU-only build), the public
+wrappers in :mod:`pesc_kernels.ops` run :mod:`pesc_kernels.reference` instead and warn once per
+device type.
+"""
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+try:
+    from . import _C  # noqa: F401  (import registers the ops)
+
+    LOAD_ERROR: Exception | None = None
+except ImportError as error:  # not built, or built against another torch
+    _C = None
+    LOAD_ERROR = error
+
+_DISPATCH_KEYS = {"cpu": "CPU", "cuda": "CUDA"}
+_warned_devices: set[str] = set()
+
+
+def extension_loaded() -> bool:
+    return _C is not None
+
+
+def build_info() -> dict:
+    """What the compiled extension was built with (empty fields when it is not loaded)."""
+    if _C is None:
+        return {"version": None, "cuda_compiled": False, "cuda_architectures": "", "cuda_toolkit_version": ""}
+    return dict(_C.build_info())
+
+
+def _kernel_table() -> dict[tuple[str, str], bool]:
+    """(op, device type) -> has a compiled kernel, computed once at import.
+
+    A plain dict lookup keeps the public wrappers traceable by torch.compile (the dispatcher query
+    itself is not). The meta device counts as covered: the ops' fake implementations serve it.
+    """
+    table = {}
+    for op in registered_ops():
+        table[(op, "meta")] = True
+        for device_type, key in _DISPATCH_KEYS.items():
+            table[(op, device_type)] = torch._C._dispatch_has_kernel_for_dispatch_key(f"pesc::{op}", key)
+    return table
+
+
+def has_kernel(op: str, device_type: str) -> bool:
+    """True when ``torch.ops.pesc.<op>`` has a compiled kernel for ``device_type``."""
+    return _KERNELS.get((op, device_type), False)
+
+
+@torch.compiler.disable
+def _warn_fallback(device_type: str) -> None:
+    if device_type in _warned_devices:
+        return
+    _warned_devices.add(device_type)
+    reason = f"the extension did not load ({LOAD_ERROR})" if _C is None else f"it has no {device_type} kernels"
+    warnings.warn(
+        f"pesc_kernels: {reason}; falling back to the pure-PyTorch reference on {device_type}",
+        RuntimeWarning,
+        stacklevel=4,
+    )
+
+
+def use_kernel(op: str, device: torch.device) -> bool:
+    """Whether the public wrapper should call the compiled op; warns once per device type if not."""
+    if has_kernel(op, device.type):
+        return True
+    _warn_fallback(device.type)
+    return False
+
+
+def registered_ops() -> list[str]:
+    """Names of the forward ops registered under torch.ops.pesc (backward ops excluded)."""
+    if _C is None:
+        return []
+    names = [n.split("::", 1)[1] for n in torch._C._dispatch_get_all_op_names() if n.startswith("pesc::")]
+    return sorted(n for n in names if not n.endswith("_backward"))
+
+
+_KERNELS = _kernel_table()
