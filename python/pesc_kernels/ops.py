@@ -9,6 +9,12 @@ Conventions: T tokens, E experts, k experts per token, d hidden size, r adapter 
 routed rows. Activations fp32/fp16/bf16 with fp32 accumulation; routing weights fp32; index
 tensors int32; expert offsets int64.
 """
+from ._adapter_ops import ACTIVATIONS, adapter, grouped_mm
 from ._gating_ops import load_balancing_loss, router_z_loss, topk_gating
+from ._permute_ops import permute, unpermute
 
-__all__ = ["topk_gating", "load_balancing_loss", "router_z_loss"]
+__all__ = [
+    "topk_gating", "load_balancing_loss", "router_z_loss",
+    "permute", "unpermute",
+    "grouped_mm", "adapter", "ACTIVATIONS",
+]

@@ -1,9 +1,16 @@
-"""Readable pure-PyTorch versions of every op (and, later, of the layer).
+"""Readable pure-PyTorch versions of every op (and of the layer).
 
 They are the oracle of the tests, the baseline of the benchmarks, and the fallback on devices with
-no compiled kernels. Each computes in float32, or in float64 when given float64 inputs, so the
-tests can measure the reference's own rounding error against a float64 run.
+no compiled kernels. Routing and permutation compute in float32 (float64 for float64 inputs, so
+the tests can measure the reference's own rounding error against a float64 run); the grouped GEMMs
+compute in the inputs' dtype, as a user's own per-expert loop would.
 """
+from .adapter import ACTIVATIONS, adapter, grouped_mm
 from .gating import load_balancing_loss, router_z_loss, topk_gating
+from .permute import permute, unpermute
 
-__all__ = ["topk_gating", "load_balancing_loss", "router_z_loss"]
+__all__ = [
+    "topk_gating", "load_balancing_loss", "router_z_loss",
+    "permute", "unpermute",
+    "grouped_mm", "adapter", "ACTIVATIONS",
+]
