@@ -30,7 +30,7 @@ def bench_dtype(request):
 
 
 def run_case(benchmark, case, candidate, device, dtype):
-    """Time one candidate of a case; CUDA work is synchronised inside the timed call."""
+    """Time one candidate of a case; CUDA work is synchronised inside the timed call. Returns the CaseRun."""
     run = case.build(device, dtype)
     fn = run.candidates[candidate]
     benchmark.group = case.id
@@ -44,6 +44,7 @@ def run_case(benchmark, case, candidate, device, dtype):
         timed = fn
     timed()  # warm-up (and first-call compilation/caching) outside the measurement
     benchmark(timed)
+    return run
 
 
 def pytest_generate_tests(metafunc):

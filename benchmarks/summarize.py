@@ -2,7 +2,9 @@
 
     pytest benchmarks --benchmark-json out.json && python benchmarks/summarize.py out.json
 
-speedup = baseline median / ours median, both measured in the same run.
+speedup = baseline median / ours median, both measured in the same run. Layer cases (family
+"layer") also get a table of overhead = variant median / dense median and memory = variant peak
+step bytes / dense peak step bytes.
 """
 import json
 import sys
@@ -25,8 +27,26 @@ def summarize(path):
     print(f"{'case':<{width}}  {'baseline':<12} {'base ms':>9} {'pesc ms':>9} {'speedup':>8}")
     for group, baseline, t_base, t_ours, ratio in rows:
         print(f"{group:<{width}}  {baseline:<12} {t_base:9.3f} {t_ours:9.3f} {ratio:7.2f}x")
+    summarize_layers(data)
     machine = data.get("machine_info", {})
     print(f"\nmachine: {machine.get('cpu', {}).get('brand_raw', '?')}, {data.get('datetime', '')}")
+
+
+def summarize_layers(data):
+    groups = defaultdict(dict)
+    for bench in data["benchmarks"]:
+        info = bench["extra_info"]
+        if info.get("family") == "layer":
+            groups[bench["group"]][info["candidate"]] = (bench["stats"]["median"], info.get("peak_bytes"))
+    for group, results in groups.items():
+        if "dense" not in results:
+            continue
+        dense_time, dense_peak = results["dense"]
+        print(f"\n{group}\n  {'variant':<12} {'ms':>9} {'overhead':>9} {'peak MiB':>9} {'memory':>7}")
+        for name, (t, peak) in results.items():
+            memory = f"{peak / dense_peak:6.2f}x" if peak and dense_peak else "      -"
+            peak_mib = f"{peak / 2**20:9.1f}" if peak is not None else "        -"
+            print(f"  {name:<12} {t * 1e3:9.1f} {t / dense_time:8.3f}x {peak_mib} {memory}")
 
 
 if __name__ == "__main__":

@@ -94,6 +94,9 @@ def test_trainable_parameter_summary():
     assert summary["trainable"] == LAYERS * (router + adapters)
     idle = (SMALL.num_experts - SMALL.top_k) * 2 * HIDDEN * SMALL.adapter_dim
     assert summary["activated_per_token"] == summary["total"] - LAYERS * idle
+    with torch.device("meta"):  # counting without allocating: crafting works on the meta device
+        meta = LlamaForCausalLM(tiny_model().config)
+    assert pesc_kernels.trainable_parameter_summary(craft(meta, SMALL)) == summary
 
 
 def test_config_round_trips_through_model_config(tmp_path):
@@ -270,12 +273,14 @@ def test_peft_after_craft_warns_that_pesc_is_frozen():
     peft_model = lora(craft(tiny_model(), SMALL)).train()
     with pytest.warns(RuntimeWarning, match="routers and adapters are all frozen"):
         peft_model(**batch())
-    for p in pesc_kernels.pesc_parameters(peft_model):
+    unfrozen = lora(craft(tiny_model(), SMALL)).train()
+    for p in pesc_kernels.pesc_parameters(unfrozen):
         p.requires_grad_(True)
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
         warnings.filterwarnings("ignore", message="pesc_kernels: .*falling back")
-        peft_model(**batch())
+        unfrozen(**batch()).loss.backward()
+    assert all(p.grad is not None for p in pesc_kernels.pesc_parameters(unfrozen))
 
 
 # -------------------------------------------------------------------------- Trainer / accelerate
@@ -415,4 +420,16 @@ def test_bad_checkpoints_give_clear_errors(tmp_path):
         load_pesc(craft(tiny_model(), PESCConfig(num_experts=4, top_k=1, adapter_dim=8)), good)
     with pytest.raises(ValueError, match="has no PESC layers"):
         save_pesc(tiny_model(), tmp_path / "uncrafted")
-    assert copy.deepcopy(model)(input_ids=batch()["input_ids"]).logits.shape == (2, 12, VOCAB)  # crafted models copy
+
+
+def test_crafted_models_deep_copy_and_save_pretrained(tmp_path):
+    model = trained_model()
+    clone = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in pesc_kernels.pesc_parameters(clone):
+            p.zero_()
+    inputs = batch()
+    out = clone.train()(**inputs)  # the copy's forward wrapper drives the copy's layers, not the original's
+    assert out.aux_loss is not None and pesc_layers(model)[0][1].router_logits is None
+    model.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["pesc"] == SMALL.to_dict()

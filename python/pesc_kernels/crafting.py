@@ -162,8 +162,9 @@ def router_losses(model: nn.Module) -> dict[str, torch.Tensor]:
     Returns ``{"aux_loss": sum_l load_balancing_loss_l, "z_loss": sum_l router_z_loss_l}`` (0-dim
     float32, differentiable). Padding tokens are excluded when the forward got an ``attention_mask``.
     ``aux_loss`` is the Switch Transformer loss ``E * sum_e f_e * P_e`` (1 per layer when balanced).
-    The official PESC code's balancing loss, by contrast, always evaluates to a constant (it averages
-    the renormalised top-k weights, which are 1/k by construction), so its gradient is zero.
+    The official PESC code's balancing loss, by contrast, always evaluates to the constant E/k (it
+    multiplies the routed fractions by the mean of the renormalised top-k weights, 1/k by
+    construction, instead of the mean router probabilities), so its gradient is zero.
     """
     layers = pesc_layers(model)
     if not layers:
@@ -259,7 +260,7 @@ def _micro_batch_share(labels: torch.Tensor, kwargs: dict):
         return 1.0
     targets = kwargs.get("shift_labels")
     targets = targets if targets is not None else labels[..., 1:]
-    count = (targets != IGNORE_INDEX).sum()
+    count = (targets != kwargs.get("ignore_index", IGNORE_INDEX)).sum()
     total = total.to(count.device) if isinstance(total, torch.Tensor) else total
     return count / total
 

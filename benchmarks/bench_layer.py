@@ -1,0 +1,16 @@
+"""The PESC layer's overhead over its dense FFN (fwd+bwd), next to the reference, Camelidae-style and
+Sparsetral-style layers, with each training step's peak memory (DESIGN.md 4).
+
+    pytest benchmarks/bench_layer.py [--bench-size quick|full|tiny] [--benchmark-json out.json]
+    python benchmarks/summarize.py out.json      # overhead = time / dense time, memory = peak / dense peak
+"""
+from conftest import run_case
+
+from pesc_kernels.bench.layer import peak_step_bytes
+
+FAMILY = "layer"
+
+
+def test_layer(benchmark, case, candidate, bench_device, bench_dtype):
+    run = run_case(benchmark, case, candidate, bench_device, bench_dtype)
+    benchmark.extra_info["peak_bytes"] = peak_step_bytes(run.candidates[candidate], bench_device)
