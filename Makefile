@@ -14,7 +14,7 @@ PESC_WITH_CUDA ?= auto
 export PESC_WITH_CUDA
 CPU_ONLY_DIR := build/cpu-only
 
-.PHONY: deps build test test-main test-cpu-only bench clean
+.PHONY: deps build test test-main test-cpu-only bench bench-summary clean
 
 deps:
 	@if [ "$(PYTHON)" = ".venv/bin/python" ] && [ ! -x .venv/bin/python ]; then \
@@ -43,6 +43,11 @@ test-cpu-only: deps
 bench: build
 	$(PYTHON) -m pytest benchmarks -q --benchmark-json build/bench.json
 	$(PYTHON) benchmarks/summarize.py build/bench.json
+
+# The quick size set of every benchmark and its ratio table (part of the demo).
+bench-summary: build
+	$(PYTHON) -m pytest benchmarks -q --bench-size quick --benchmark-json build/bench-quick.json
+	$(PYTHON) benchmarks/summarize.py build/bench-quick.json
 
 clean:
 	rm -rf build python/pesc_kernels/_C*.so
