@@ -169,8 +169,10 @@ class CMakeBuild(build_ext):
         log.flush()
         proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for line in proc.stdout:
-            sys.stdout.write(line)
             log.write(line)
+            # ptxas -v resource lines (a few per kernel) go to the log only.
+            if not line.startswith(("ptxas info", "    0 bytes stack frame")):
+                sys.stdout.write(line)
         if proc.wait() != 0:
             raise BuildError(f"{cmd[0]} failed with exit code {proc.returncode}; full log in {log.name}")
 
