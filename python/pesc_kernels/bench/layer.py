@@ -15,11 +15,10 @@ ratio isolates the mixture of adapters (this is the setting of the issue's calib
 ~1.03 and ~1.49 at the two CPU shapes). ``FFN frozen`` is PESC's real training setting (only input
 gradients through the FFN); its FLOP floor is ~1.05 and ~1.73.
 
-:func:`peak_step_bytes` measures the peak memory a step allocates, reported next to the times.
+The runner (and benchmarks/bench_layer.py) also record each step's peak memory (bench/memory.py),
+reported relative to the dense FFN's.
 """
 from __future__ import annotations
-
-import itertools
 
 import torch
 
@@ -87,30 +86,6 @@ def _build(d, F, T, E, k, r, ffn_trainable):
         return CaseRun(candidates, flops=_flops(d, F, T, E, k, r, ffn_trainable))
 
     return build
-
-
-def peak_step_bytes(fn, device: torch.device) -> int:
-    """Peak bytes allocated during one call of ``fn`` beyond what was allocated before it.
-
-    CUDA: ``torch.cuda.max_memory_allocated``. CPU: every allocation and free that goes through
-    PyTorch's CPU allocator is recorded with ``torch.profiler`` (``profile_memory=True``) and the
-    peak of their running sum is returned. Scratch memory that oneDNN/MKL allocate on their own is
-    not seen by either.
-    """
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        before = torch.cuda.memory_allocated(device)
-        fn()
-        torch.cuda.synchronize(device)
-        return torch.cuda.max_memory_allocated(device) - before
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
-    events.sort(key=lambda e: e.start_ns())  # stable: simultaneous events keep their recorded order
-    return max(itertools.accumulate((e.nbytes() for e in events), initial=0))
 
 
 @register

@@ -27,6 +27,14 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def op_backends(device: torch.device) -> dict[str, str]:
+    """Which implementation each public op runs on ``device``: "kernel" (compiled) or "reference"."""
+    from .. import ops
+
+    return {op: "kernel" if _library.has_kernel(op, device.type) else "reference"
+            for op in ops.__all__ if callable(getattr(ops, op))}
+
+
 def machine_info(device: torch.device) -> dict:
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -38,6 +46,7 @@ def machine_info(device: torch.device) -> dict:
         "torch": torch.__version__,
         "pesc_kernels": __version__,
         "build": _library.build_info(),
+        "op_backends": op_backends(device),
     }
 
 

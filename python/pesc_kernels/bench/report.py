@@ -103,6 +103,9 @@ def markdown_section(results: dict) -> str:
              f"Machine: {where}; {m['cpu_count']} CPUs, {m['torch_threads']} torch threads; torch {m['torch']}; "
              f"pesc_kernels {m['pesc_kernels']} (CUDA kernels compiled: {m['build'].get('cuda_compiled')}).", "",
              f"Command: `{s['command']}`", ""]
+    if m.get("op_backends"):  # the layer uses whichever ops have kernels; the rest run the reference
+        lines += ["Op backends on " + s["device"] + ": " + ", ".join(f"`{op}` {kind}" for op, kind in
+                                                                  m["op_backends"].items()) + ".", ""]
     if results.get("calibration"):
         c = results["calibration"]
         lines += [f"Calibration in the same run: device-to-device copy {c['copy_bandwidth_GBps']:.0f} GB/s "
