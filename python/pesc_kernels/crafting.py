@@ -21,6 +21,7 @@ import functools
 import inspect
 import types
 import warnings
+from collections.abc import MutableMapping
 
 import torch
 from torch import nn
@@ -217,24 +218,21 @@ def _crafted_forward(self, inner, names, args, kwargs):
         for layer in layers:
             layer.attention_mask = None
     labels = _argument("labels", names, args, kwargs)
-    if not layers or (labels is None and not self.training) or layers[0].router_logits is None:
+    if (not layers or (labels is None and not self.training) or layers[0].router_logits is None
+            or not isinstance(out, (tuple, MutableMapping))):  # e.g. a bare tensor: nothing to add to
         return out
     _warn_if_untrainable(self, layers)
     losses = router_losses(self)
     config = layers[0].config
-    if labels is not None and _has_loss(out):
-        extra = 0.0
-        if config.aux_loss_coef:
-            extra = extra + config.aux_loss_coef * losses["aux_loss"]
-        if config.z_loss_coef:
-            extra = extra + config.z_loss_coef * losses["z_loss"]
-        if isinstance(extra, torch.Tensor):
-            loss = out[0] if isinstance(out, tuple) else out["loss"]
-            extra = (extra * _micro_batch_share(labels, kwargs)).to(loss.device)
-            if isinstance(out, tuple):
-                out = (loss + extra,) + tuple(out[1:])
-            else:
-                out["loss"] = loss + extra
+    terms = [coef * losses[name] for coef, name in ((config.aux_loss_coef, "aux_loss"), (config.z_loss_coef, "z_loss"))
+             if coef]
+    if labels is not None and terms and _has_loss(out):
+        loss = out[0] if isinstance(out, tuple) else out["loss"]
+        extra = (sum(terms) * _micro_batch_share(labels, kwargs)).to(loss.device)
+        if isinstance(out, tuple):
+            out = (loss + extra,) + tuple(out[1:])
+        else:
+            out["loss"] = loss + extra
     if not isinstance(out, tuple):
         out["aux_loss"] = losses["aux_loss"]
         out["z_loss"] = losses["z_loss"]

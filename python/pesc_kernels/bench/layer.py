@@ -35,6 +35,9 @@ _LAYERS = {"reference": reference.PESCMoE, "camelidae": reference.CamelidaeMoE,
 HEADLINE = (1024, 2816, 4096, 8, 2, 64)
 SPARSETRAL = (1024, 2816, 4096, 16, 4, 512)
 TINY = (256, 704, 512, 8, 2, 64)
+# DESIGN.md 4's GPU target shape (a Mistral-7B-sized FFN). It joins the full set only when a GPU is
+# visible: on the 2-core CPU machines one step of it takes minutes.
+GPU = (4096, 14336, 8192, 8, 2, 64)
 
 
 def _dense_ffn(d: int, F: int, device, dtype) -> torch.nn.Module:
@@ -93,6 +96,8 @@ def layer_cases() -> list[Case]:
     cases = []
     plan = [(TINY, True, ("tiny",)), (HEADLINE, True, ("quick", "full")), (SPARSETRAL, True, ("full",)),
             (HEADLINE, False, ("full",)), (SPARSETRAL, False, ("full",))]
+    if torch.cuda.is_available():
+        plan.append((GPU, True, ("full",)))
     for (d, F, T, E, k, r), trainable, sizes in plan:
         cases.append(Case(
             family="layer",
