@@ -39,7 +39,7 @@ def test_runner_writes_schema_and_chart(tmp_path, capsys):
     # RESULTS.md rendering from that file (into a temporary copy of the script's folder layout).
     section = report.markdown_section(results)
     assert "| op | shape | baseline |" in section and results["settings"]["command"] in section
-    assert "Op backends on cpu: `topk_gating` kernel" in section
+    assert "Op backends on cpu: `topk_gating` kernel" in section and "Load average (1 min)" in section
     assert "| layer | shape | variant |" in section
 
 

@@ -18,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from . import cases_for, report
-from .machine import cuda_calibration, machine_info
+from .machine import cuda_calibration, load_average, machine_info
 from .runner import SIZE_BUDGETS, measure_case
 
 
@@ -59,6 +59,7 @@ def run(args) -> dict:
         if results["calibration"] and result.get("achieved_GBps"):
             result["bandwidth_fraction"] = result["achieved_GBps"] / results["calibration"]["copy_bandwidth_GBps"]
         results["cases"].append(result)
+    results["machine"]["load_average_end"] = load_average()
     return results
 
 

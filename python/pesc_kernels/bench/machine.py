@@ -35,6 +35,14 @@ def op_backends(device: torch.device) -> dict[str, str]:
             for op in ops.__all__ if callable(getattr(ops, op))}
 
 
+def load_average() -> list[float] | None:
+    """The 1-, 5- and 15-minute load averages (None where the OS does not report them)."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
 def machine_info(device: torch.device) -> dict:
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -47,6 +55,7 @@ def machine_info(device: torch.device) -> dict:
         "pesc_kernels": __version__,
         "build": _library.build_info(),
         "op_backends": op_backends(device),
+        "load_average": load_average(),  # other work on the machine skews timings; recorded with them
     }
 
 

@@ -103,6 +103,10 @@ def markdown_section(results: dict) -> str:
              f"Machine: {where}; {m['cpu_count']} CPUs, {m['torch_threads']} torch threads; torch {m['torch']}; "
              f"pesc_kernels {m['pesc_kernels']} (CUDA kernels compiled: {m['build'].get('cuda_compiled')}).", "",
              f"Command: `{s['command']}`", ""]
+    if m.get("load_average"):
+        end = m.get("load_average_end")
+        lines += [f"Load average (1 min) at the start of the run: {m['load_average'][0]:g}"
+                  + (f", at the end: {end[0]:g}" if end else "") + f" (on {m['cpu_count']} CPUs).", ""]
     if m.get("op_backends"):  # the layer uses whichever ops have kernels; the rest run the reference
         lines += ["Op backends on " + s["device"] + ": " + ", ".join(f"`{op}` {kind}" for op, kind in
                                                                   m["op_backends"].items()) + ".", ""]
