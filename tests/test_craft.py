@@ -240,7 +240,9 @@ def test_generate_with_kv_cache():
 
 # ------------------------------------------------------------------------------------------- peft
 def lora(model):
-    from peft import LoraConfig, get_peft_model
+    # CI installs peft and accelerate (requirements-dev.txt); the offline GPU machine may lack them.
+    peft = pytest.importorskip("peft", reason="peft is not installed")
+    LoraConfig, get_peft_model = peft.LoraConfig, peft.get_peft_model
 
     return get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
 
@@ -286,6 +288,7 @@ def test_peft_after_craft_warns_that_pesc_is_frozen():
 # -------------------------------------------------------------------------- Trainer / accelerate
 @pytest.fixture
 def fresh_accelerate_state():
+    pytest.importorskip("accelerate", reason="accelerate is not installed")
     from accelerate.state import AcceleratorState, PartialState
 
     AcceleratorState._reset_state(True)
