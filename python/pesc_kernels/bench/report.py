@@ -99,7 +99,8 @@ def text_report(results: dict) -> str:
 def markdown_section(results: dict) -> str:
     m, s = results["machine"], results["settings"]
     where = m["gpu"] or m["cpu"]
-    lines = [f"### {s['device'].upper()} {s['dtype']} ({s['size']} size set), {m['date'][:10]}", "",
+    families = ", ".join(sorted({c["family"] for c in results["cases"]}))
+    lines = [f"### {s['device'].upper()} {s['dtype']} ({s['size']} size set; {families}), {m['date'][:10]}", "",
              f"Machine: {where}; {m['cpu_count']} CPUs, {m['torch_threads']} torch threads; torch {m['torch']}; "
              f"pesc_kernels {m['pesc_kernels']} (CUDA kernels compiled: {m['build'].get('cuda_compiled')}).", "",
              f"Command: `{s['command']}`", ""]
