@@ -8,6 +8,9 @@
 
 #include <optional>
 #include <string>
+#include <string_view>
+
+#include "common/activations.h"
 
 namespace pesc {
 
@@ -34,5 +37,18 @@ void check_load_balancing_loss(const at::Tensor& logits, const at::Tensor& indic
                                const std::optional<at::Tensor>& mask);
 void check_router_z_loss(const at::Tensor& logits, const std::optional<at::Tensor>& mask);
 void check_scalar_grad(const char* op, const at::Tensor& grad, const at::Tensor& logits);
+
+// ---- grouped GEMMs on expert segments (csrc/common/checks_adapter.cpp) ----
+// Shapes, dtypes and devices always; the offsets' values (offsets[0] == 0, monotone,
+// offsets[E] == N) only when they live on the CPU, since reading device memory would sync.
+Activation parse_activation(const char* op, std::string_view name);
+void check_grouped_mm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& expert_offsets);
+void check_grouped_mm_backward(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& w,
+                               const at::Tensor& expert_offsets);
+Activation check_adapter(const at::Tensor& x, const at::Tensor& w_down, const at::Tensor& w_up,
+                         const at::Tensor& expert_offsets, std::string_view activation);
+Activation check_adapter_backward(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& w_down,
+                                  const at::Tensor& w_up, const at::Tensor& expert_offsets, const at::Tensor& h,
+                                  std::string_view activation);
 
 }  // namespace pesc
