@@ -20,10 +20,40 @@ def routing(device):
     (w.sum() + ops.load_balancing_loss(empty, i) + ops.router_z_loss(empty)).backward()
 
 
+def adapter(device):
+    """grouped_mm and adapter, forward and backward: every fused rank tile (r <= 16, 32, 64, 128), the
+    two-pass path (r > 128), TF32 on and off, empty experts, N = 0, and offsets the kernels must clamp."""
+    counts_64 = torch.bincount(torch.randint(0, 64, (50,)), minlength=64).tolist()
+    cases = [([0, 65, 0, 130, 1], 72), ([37], 27), ([0, 0, 0], 16), (counts_64, 100)]
+    previous_tf32 = torch.backends.cuda.matmul.allow_tf32
+    try:
+        for counts, d in cases:
+            offsets = torch.tensor([0] + torch.tensor(counts).cumsum(0).tolist(), device=device)
+            N, E = sum(counts), len(counts)
+            for dtype, tf32 in ((torch.float32, False), (torch.float32, True), (torch.float16, False),
+                                (torch.bfloat16, False)):
+                torch.backends.cuda.matmul.allow_tf32 = tf32
+                for r in (1, 17, 33, 128, 200):
+                    x = torch.randn(N, d, device=device, dtype=dtype, requires_grad=True)
+                    w_down = torch.randn(E, d, r, device=device, dtype=dtype, requires_grad=True)
+                    w_up = torch.randn(E, r, d, device=device, dtype=dtype, requires_grad=True)
+                    w = torch.randn(E, d, 24, device=device, dtype=dtype, requires_grad=True)
+                    y = ops.adapter(x, w_down, w_up, offsets, "gelu", 0.5)
+                    (y.float().sum() + ops.grouped_mm(x, w, offsets).float().sum()).backward()
+        x = torch.randn(40, 16, device=device, requires_grad=True)
+        w_down = torch.randn(4, 16, 8, device=device, requires_grad=True)
+        w_up = torch.randn(4, 8, 16, device=device, requires_grad=True)
+        for bad in ([3, 10, 5, 500, 38], [-4, -2, 20, 20, 7]):
+            offsets = torch.tensor(bad, device=device)
+            (ops.adapter(x, w_down, w_up, offsets).sum() + ops.grouped_mm(x, w_down, offsets).sum()).backward()
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous_tf32
+
+
 def main():
     assert torch.cuda.is_available(), "sanitize_ops.py needs a GPU"
     device = torch.device("cuda")
-    for check in (routing,):
+    for check in (routing, adapter):
         check(device)
         torch.cuda.synchronize()
         print(f"ok: {check.__name__}")
