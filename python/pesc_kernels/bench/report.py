@@ -99,7 +99,8 @@ def text_report(results: dict) -> str:
 def markdown_section(results: dict) -> str:
     m, s = results["machine"], results["settings"]
     where = m["gpu"] or m["cpu"]
-    lines = [f"### {s['device'].upper()} {s['dtype']} ({s['size']} size set), {m['date'][:10]}", "",
+    families = f"; {', '.join(s['families'])} only" if s.get("families") else ""
+    lines = [f"### {s['device'].upper()} {s['dtype']} ({s['size']} size set{families}), {m['date'][:10]}", "",
              f"Machine: {where}; {m['cpu_count']} CPUs, {m['torch_threads']} torch threads; torch {m['torch']}; "
              f"pesc_kernels {m['pesc_kernels']} (CUDA kernels compiled: {m['build'].get('cuda_compiled')}).", "",
              f"Command: `{s['command']}`", ""]
