@@ -30,3 +30,19 @@ def grads_of(fn, inputs, upstream):
     loss = sum((o.double() * u).sum() for o, u in zip(outs, upstream) if u is not None)
     leaves = [x for x in inputs if isinstance(x, torch.Tensor) and x.requires_grad]
     return torch.autograd.grad(loss, leaves)
+
+
+def assert_bitwise_deterministic(run, device):
+    """run() twice gives bitwise-equal tensors; on CPU also with one thread (no thread-count dependence)."""
+    first, second = run(), run()
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+    if device.type == "cpu":
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            single = run()
+        finally:
+            torch.set_num_threads(threads)
+        for a, b in zip(first, single):
+            assert torch.equal(a, b)

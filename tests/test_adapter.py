@@ -8,7 +8,7 @@ determinism, partial gradients (output_mask) and bad input.
 """
 import pytest
 import torch
-from _helpers import assert_close_to_reference
+from _helpers import assert_bitwise_deterministic, assert_close_to_reference
 from conftest import FLOAT_DTYPES
 
 from pesc_kernels import ops, reference
@@ -242,19 +242,7 @@ def test_bitwise_deterministic(device, dtype):
     x, w_down, w_up, offsets, upstream = adapter_inputs(counts, 160, 64, dtype, device)
     w = torch.randn(8, 160, 48, device=device, dtype=dtype)
     upstream = upstream.to(dtype)
-    first = _run_all(x, w_down, w_up, w, offsets, upstream)
-    second = _run_all(x, w_down, w_up, w, offsets, upstream)
-    for a, b in zip(first, second):
-        assert torch.equal(a, b)
-    if device.type == "cpu":  # the CPU work split does not depend on the number of threads
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            single = _run_all(x, w_down, w_up, w, offsets, upstream)
-        finally:
-            torch.set_num_threads(threads)
-        for a, b in zip(first, single):
-            assert torch.equal(a, b)
+    assert_bitwise_deterministic(lambda: _run_all(x, w_down, w_up, w, offsets, upstream), device)
 
 
 def test_bad_input_errors(device):

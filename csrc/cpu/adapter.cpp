@@ -11,17 +11,19 @@
 //
 // Work is cut into pieces whose shapes depend only on the problem (never on the thread count):
 //   row pieces     (expert, rows [b, b + rows_per_piece)) for the products that write rows,
-//   weight pieces  (expert, a block of kWeightBlock rows or columns of the [K, M] weight gradient),
-//                  each reducing over the whole segment in one GEMM, so no partial sums or atomics.
-// Pieces run in parallel (at::parallel_for), each piece one single-threaded BLAS call on
-// contiguous or simply-strided views (no copies): experts run in parallel when segments are
+//   weight pieces  (expert, a block of kWeightBlock output columns of a weight gradient), each
+//                  reducing over the whole segment in one GEMM, so no partial sums or atomics.
+// Each piece is one single-threaded BLAS call on contiguous or simply-strided views (no copies);
+// pieces are dealt to the threads by estimated cost, so experts run in parallel when segments are
 // small and large segments split into several pieces. The adapter applies activation and scaling
-// to a row piece's [rows, r] block between its two GEMMs, while it is in cache.
+// to a row piece's [rows, r] block between its two GEMMs, while it is in cache, and computes both
+// weight gradients in one parallel region.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/LegacyTypeDispatch.h>
 
 #include <algorithm>
+#include <numeric>
 #include <vector>
 
 #include "common/activations.h"
@@ -35,13 +37,16 @@ namespace {
 // Rows per row piece. fp32 BLAS is about as fast at 256 rows as at 4096 on one core, while the
 // bf16/fp16 paths (oneDNN) want longer panels.
 int64_t rows_per_piece(const at::Tensor& x) { return x.scalar_type() == at::kFloat ? 256 : 1024; }
-// Rows or columns of a weight gradient per weight piece.
+// Output columns of a weight gradient per weight piece.
 constexpr int64_t kWeightBlock = 256;
 
+// A unit of work: rows [begin, end) of expert `expert` (row pieces), or columns [begin, end) of
+// expert `expert`'s block of weight gradient number `product` (weight pieces).
 struct Piece {
   int64_t expert;
   int64_t begin;
   int64_t end;
+  int product = 0;
   int64_t size() const { return end - begin; }
 };
 
@@ -49,6 +54,8 @@ std::vector<int64_t> read_offsets(const at::Tensor& expert_offsets) {
   const at::Tensor o = expert_offsets.contiguous();
   return std::vector<int64_t>(o.data_ptr<int64_t>(), o.data_ptr<int64_t>() + o.numel());
 }
+
+int64_t segment_rows(const std::vector<int64_t>& offsets, int64_t e) { return offsets[e + 1] - offsets[e]; }
 
 std::vector<Piece> row_pieces(const std::vector<int64_t>& offsets, int64_t rows) {
   std::vector<Piece> pieces;
@@ -59,26 +66,34 @@ std::vector<Piece> row_pieces(const std::vector<int64_t>& offsets, int64_t rows)
   return pieces;
 }
 
-// Blocks of the [K, M] weight gradient of every expert (empty experts included: they get zeros),
-// cut along the longer side: [begin, end) are rows when K >= M, else columns.
-std::vector<Piece> weight_pieces(int64_t E, int64_t K, int64_t M) {
-  const int64_t extent = std::max(K, M);
-  std::vector<Piece> pieces;
-  for (int64_t e = 0; e < E; ++e) {
-    for (int64_t b = 0; b < std::max<int64_t>(extent, 1); b += kWeightBlock)
-      pieces.push_back({e, b, std::min(b + kWeightBlock, extent)});
+// Runs fn(piece) for every piece in parallel. Pieces are dealt to the threads largest first, each to
+// the least loaded thread (cost(piece) estimates its work), so threads finish together even when
+// segments differ in size; which thread runs a piece never changes what the piece computes.
+// Worker threads do not inherit the caller's dispatch state, so each excludes autograd itself: the
+// views and out= GEMMs below are plain kernel calls.
+template <typename Cost, typename Fn>
+void for_each_piece(const std::vector<Piece>& pieces, const Cost& cost, const Fn& fn) {
+  const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), pieces.size()));
+  std::vector<size_t> order(pieces.size());
+  std::iota(order.begin(), order.end(), size_t{0});
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return cost(pieces[a]) > cost(pieces[b]); });
+  std::vector<std::vector<size_t>> buckets(threads);
+  std::vector<double> load(threads, 0.0);
+  for (const size_t i : order) {
+    const auto t = std::min_element(load.begin(), load.end()) - load.begin();
+    buckets[t].push_back(i);
+    load[t] += static_cast<double>(cost(pieces[i]));
   }
-  return pieces;
+  at::parallel_for(0, threads, 1, [&](int64_t begin, int64_t end) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    for (int64_t t = begin; t < end; ++t)
+      for (const size_t i : buckets[t]) fn(pieces[i]);
+  });
 }
 
-// Runs fn(piece) for every piece in parallel. Worker threads do not inherit the caller's dispatch
-// state, so each excludes autograd itself: the views and out= GEMMs below are plain kernel calls.
 template <typename Fn>
-void for_each_piece(const std::vector<Piece>& pieces, const Fn& fn) {
-  at::parallel_for(0, static_cast<int64_t>(pieces.size()), 1, [&](int64_t begin, int64_t end) {
-    at::AutoDispatchBelowADInplaceOrView below_autograd;
-    for (int64_t i = begin; i < end; ++i) fn(pieces[i]);
-  });
+void for_each_row_piece(const std::vector<Piece>& pieces, const Fn& fn) {
+  for_each_piece(pieces, [](const Piece& p) { return p.size(); }, fn);
 }
 
 // out = a @ b into a view of a larger output (mm_out writes a view of the right shape in place).
@@ -86,32 +101,40 @@ void mm_into(at::Tensor out, const at::Tensor& a, const at::Tensor& b) { at::mm_
 
 at::Tensor rows(const at::Tensor& t, const Piece& p) { return t.narrow(0, p.begin, p.size()); }
 at::Tensor segment(const at::Tensor& t, const std::vector<int64_t>& offsets, int64_t e) {
-  return t.narrow(0, offsets[e], offsets[e + 1] - offsets[e]);
+  return t.narrow(0, offsets[e], segment_rows(offsets, e));
 }
 
-// grad_w[e] block = a[seg e]^T @ b[seg e] for one weight piece (a [N, K], b [N, M], grad_w [E, K, M]).
-void weight_grad_piece(const at::Tensor& grad_w, const at::Tensor& a, const at::Tensor& b,
-                       const std::vector<int64_t>& offsets, const Piece& p) {
-  const bool by_rows = grad_w.size(1) >= grad_w.size(2);
-  at::Tensor out = grad_w.select(0, p.expert).narrow(by_rows ? 0 : 1, p.begin, p.size());
-  if (offsets[p.expert] == offsets[p.expert + 1]) {
-    out.zero_();
-    return;
+// grad[e] = a[seg e]^T @ b[seg e] for every expert: a [N, K], b [N, M], grad [E, K, M].
+struct WeightGrad {
+  at::Tensor grad;
+  at::Tensor a;
+  at::Tensor b;
+};
+
+// Computes several weight gradients in one parallel region. A piece is a block of output columns of
+// one expert: b's columns are then a strided view BLAS reads directly, while a (the larger operand,
+// x in the adapter) is read as whole contiguous rows. Empty experts get zeros.
+void weight_grads(const std::vector<WeightGrad>& products, const std::vector<int64_t>& offsets) {
+  std::vector<Piece> pieces;
+  for (size_t k = 0; k < products.size(); ++k) {
+    const int64_t E = products[k].grad.size(0), M = products[k].grad.size(2);
+    for (int64_t e = 0; e < E; ++e)
+      for (int64_t b = 0; b < std::max<int64_t>(M, 1); b += kWeightBlock)
+        pieces.push_back({e, b, std::min(b + kWeightBlock, M), static_cast<int>(k)});
   }
-  at::Tensor a_seg = segment(a, offsets, p.expert), b_seg = segment(b, offsets, p.expert);
-  if (by_rows)
-    a_seg = a_seg.narrow(1, p.begin, p.size());
-  else
-    b_seg = b_seg.narrow(1, p.begin, p.size());
-  mm_into(out, a_seg.t(), b_seg);
-}
-
-at::Tensor weight_grad(const at::Tensor& a, const at::Tensor& b, const std::vector<int64_t>& offsets) {
-  const int64_t E = static_cast<int64_t>(offsets.size()) - 1, K = a.size(1), M = b.size(1);
-  at::Tensor grad_w = at::empty({E, K, M}, a.options());
-  for_each_piece(weight_pieces(E, K, M),
-                 [&](const Piece& p) { weight_grad_piece(grad_w, a, b, offsets, p); });
-  return grad_w;
+  const auto cost = [&](const Piece& p) {
+    const int64_t K = products[p.product].grad.size(1);
+    return std::max<int64_t>(segment_rows(offsets, p.expert), 1) * std::max<int64_t>(K, 1) * p.size();
+  };
+  for_each_piece(pieces, cost, [&](const Piece& p) {
+    const WeightGrad& w = products[p.product];
+    at::Tensor out = w.grad.select(0, p.expert).narrow(1, p.begin, p.size());
+    if (segment_rows(offsets, p.expert) == 0) {
+      out.zero_();
+      return;
+    }
+    mm_into(out, segment(w.a, offsets, p.expert).t(), segment(w.b, offsets, p.expert).narrow(1, p.begin, p.size()));
+  });
 }
 
 // a = scaling * act(h) over n contiguous elements.
@@ -156,8 +179,8 @@ at::Tensor grouped_mm_cpu(const at::Tensor& x_in, const at::Tensor& w_in, const 
   const at::Tensor x = x_in.contiguous(), w = w_in.contiguous();
   at::Tensor y = at::empty({x.size(0), w.size(2)}, x.options());
   const std::vector<int64_t> offsets = read_offsets(expert_offsets);
-  for_each_piece(row_pieces(offsets, rows_per_piece(x)),
-                 [&](const Piece& p) { mm_into(rows(y, p), rows(x, p), w.select(0, p.expert)); });
+  for_each_row_piece(row_pieces(offsets, rows_per_piece(x)),
+                     [&](const Piece& p) { mm_into(rows(y, p), rows(x, p), w.select(0, p.expert)); });
   return y;
 }
 
@@ -170,11 +193,14 @@ std::tuple<at::Tensor, at::Tensor> grouped_mm_backward_cpu(const at::Tensor& gra
   at::Tensor grad_x = empty_grad(x), grad_w = empty_grad(x);
   if (output_mask[0]) {
     grad_x = at::empty_like(x);
-    for_each_piece(row_pieces(offsets, rows_per_piece(x)), [&](const Piece& p) {
+    for_each_row_piece(row_pieces(offsets, rows_per_piece(x)), [&](const Piece& p) {
       mm_into(rows(grad_x, p), rows(grad_y, p), w.select(0, p.expert).t());
     });
   }
-  if (output_mask[1]) grad_w = weight_grad(x, grad_y, offsets);
+  if (output_mask[1]) {
+    grad_w = at::empty_like(w);
+    weight_grads({{grad_w, x, grad_y}}, offsets);
+  }
   return {grad_x, grad_w};
 }
 
@@ -188,7 +214,7 @@ std::tuple<at::Tensor, at::Tensor> adapter_cpu(const at::Tensor& x_in, const at:
   at::Tensor a = activation_is_identity(act, scaling) ? h : at::empty({N, r}, x.options());
   at::Tensor y = at::empty({N, d}, x.options());
   const std::vector<int64_t> offsets = read_offsets(expert_offsets);
-  for_each_piece(row_pieces(offsets, rows_per_piece(x)), [&](const Piece& p) {
+  for_each_row_piece(row_pieces(offsets, rows_per_piece(x)), [&](const Piece& p) {
     mm_into(rows(h, p), rows(x, p), w_down.select(0, p.expert));
     if (!a.is_same(h)) scaled_activation_rows(h, a, p, act, static_cast<float>(scaling));
     mm_into(rows(y, p), rows(a, p), w_up.select(0, p.expert));
@@ -212,7 +238,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> adapter_backward_cpu(
   at::Tensor a = need_up && !activation_is_identity(act, scaling) ? at::empty_like(h) : h;
   // Row pieces: dA = dy @ w_up^T becomes dh in place, then dx = dh @ w_down^T; a = s * act(h) for dw_up.
   if (need_dh || !a.is_same(h)) {
-    for_each_piece(row_pieces(offsets, rows_per_piece(x)), [&](const Piece& p) {
+    for_each_row_piece(row_pieces(offsets, rows_per_piece(x)), [&](const Piece& p) {
       if (!a.is_same(h)) scaled_activation_rows(h, a, p, act, s);
       if (!need_dh) return;
       mm_into(rows(dh, p), rows(grad_y, p), w_up.select(0, p.expert).t());
@@ -220,8 +246,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> adapter_backward_cpu(
       if (need_x) mm_into(rows(grad_x, p), rows(dh, p), w_down.select(0, p.expert).t());
     });
   }
-  at::Tensor grad_down = need_down ? weight_grad(x, dh, offsets) : empty_grad(x);
-  at::Tensor grad_up = need_up ? weight_grad(a, grad_y, offsets) : empty_grad(x);
+  at::Tensor grad_down = need_down ? at::empty_like(w_down) : empty_grad(x);
+  at::Tensor grad_up = need_up ? at::empty_like(w_up) : empty_grad(x);
+  std::vector<WeightGrad> products;
+  if (need_down) products.push_back({grad_down, x, dh});
+  if (need_up) products.push_back({grad_up, a, grad_y});
+  weight_grads(products, offsets);
   return {grad_x, grad_down, grad_up};
 }
 

@@ -63,6 +63,24 @@ __global__ void segment_map_kernel(const int64_t* __restrict__ offsets, int E, i
   if (lane == 0) tile_start[E] = running_tiles;
 }
 
+// Shared memory of a kBM x kBN tile product fed by kBM x BK and BK x kBN operand tiles; the fp32
+// accumulator tile reuses the operands' memory once the main loop is done.
+template <typename Math>
+struct TileSmem {
+  using S = typename Math::Smem;
+  static constexpr int BK = Math::kBK;
+  static constexpr int lda = BK + smem_pad<S>(), ldb = kBN + smem_pad<S>(), ldc = kBN + kAccPad;
+  static constexpr int kABytes = smem_bytes<S>(kBM, BK, smem_pad<S>());
+  static constexpr int kOperandBytes = kABytes + smem_bytes<S>(BK, kBN, smem_pad<S>());
+  static constexpr int kAccBytes = smem_bytes<float>(kBM, kBN, kAccPad);
+  static constexpr int kBytes = kOperandBytes > kAccBytes ? kOperandBytes : kAccBytes;
+  S* As;
+  S* Bs;
+  float* Cs;
+  __device__ explicit TileSmem(unsigned char* smem)
+      : As(reinterpret_cast<S*>(smem)), Bs(reinterpret_cast<S*>(smem + kABytes)), Cs(reinterpret_cast<float*>(smem)) {}
+};
+
 template <typename T>
 struct GemmArgs {
   const T* a;
@@ -80,16 +98,10 @@ struct GemmArgs {
 // A rows they share are read from L2.
 template <typename T, typename Math, bool B_TRANSPOSED, GemmEpilogue EPI>
 __global__ void __launch_bounds__(kThreads, 1) segment_gemm_kernel(GemmArgs<T> args, SegmentMap map, int64_t col_tiles) {
-  using S = typename Math::Smem;
-  constexpr int BK = Math::kBK;
-  constexpr int lda = BK + smem_pad<S>(), ldb = kBN + smem_pad<S>(), ldc = kBN + kAccPad;
-  constexpr int kOperandBytes = smem_bytes<S>(kBM, BK, smem_pad<S>()) + smem_bytes<S>(BK, kBN, smem_pad<S>());
-  constexpr int kAccBytes = smem_bytes<float>(kBM, kBN, kAccPad);
-  // The accumulator tile reuses the operand tiles' memory once the main loop is done.
-  __shared__ __align__(128) unsigned char smem[kOperandBytes > kAccBytes ? kOperandBytes : kAccBytes];
-  S* As = reinterpret_cast<S*>(smem);
-  S* Bs = reinterpret_cast<S*>(smem + smem_bytes<S>(kBM, BK, smem_pad<S>()));
-  float* Cs = reinterpret_cast<float*>(smem);
+  using Smem = TileSmem<Math>;
+  constexpr int BK = Smem::BK, lda = Smem::lda, ldb = Smem::ldb, ldc = Smem::ldc;
+  __shared__ __align__(128) unsigned char smem[Smem::kBytes];
+  const Smem tiles(smem);
 
   RowTile tile;
   if (!find_row_tile(map, blockIdx.x / col_tiles, tile)) return;
@@ -102,19 +114,19 @@ __global__ void __launch_bounds__(kThreads, 1) segment_gemm_kernel(GemmArgs<T> a
   mma.zero();
   for (int64_t k0 = 0; k0 < args.K; k0 += BK) {
     const int depth = static_cast<int>(args.K - k0 < BK ? args.K - k0 : BK);
-    load_tile<kBM, BK, true>(As, lda, a + k0, args.K, tile.rows, depth, Identity{});
+    load_tile<kBM, BK, true>(tiles.As, lda, a + k0, args.K, tile.rows, depth, Identity{});
     if constexpr (B_TRANSPOSED) {  // B_e(k, n) = w[e][n][k], w[e] is [M, K]
-      load_tile<BK, kBN, false>(Bs, ldb, b + col0 * args.K + k0, args.K, depth, cols, Identity{});
+      load_tile<BK, kBN, false>(tiles.Bs, ldb, b + col0 * args.K + k0, args.K, depth, cols, Identity{});
     } else {  // B_e(k, n) = w[e][k][n], w[e] is [K, M]
-      load_tile<BK, kBN, true>(Bs, ldb, b + k0 * args.M + col0, args.M, depth, cols, Identity{});
+      load_tile<BK, kBN, true>(tiles.Bs, ldb, b + k0 * args.M + col0, args.M, depth, cols, Identity{});
     }
     __syncthreads();
-    mma.template mma<BK>(As, lda, Bs, ldb);
+    mma.template mma<BK>(tiles.As, lda, tiles.Bs, ldb);
     __syncthreads();
   }
-  mma.store(Cs, ldc);
+  mma.store(tiles.Cs, ldc);
   __syncthreads();
-  write_tile<EPI, kBM, kBN>(Cs, ldc, args.c, args.M, tile.row0, tile.rows, col0, cols, args.aux_in, args.aux_out,
+  write_tile<EPI, kBM, kBN>(tiles.Cs, ldc, args.c, args.M, tile.row0, tile.rows, col0, cols, args.aux_in, args.aux_out,
                             args.act, args.scaling);
 }
 
@@ -133,15 +145,10 @@ struct WeightGradArgs {
 template <typename T, typename Math, bool ACTIVATE_A>
 __global__ void __launch_bounds__(kThreads, 1)
     segment_weight_grad_kernel(WeightGradArgs<T> args, SegmentMap map, int64_t k_tiles, int64_t m_tiles) {
-  using S = typename Math::Smem;
-  constexpr int BK = Math::kBK;  // rows of the segment per step
-  constexpr int lda = BK + smem_pad<S>(), ldb = kBN + smem_pad<S>(), ldc = kBN + kAccPad;
-  constexpr int kOperandBytes = smem_bytes<S>(kBM, BK, smem_pad<S>()) + smem_bytes<S>(BK, kBN, smem_pad<S>());
-  constexpr int kAccBytes = smem_bytes<float>(kBM, kBN, kAccPad);
-  __shared__ __align__(128) unsigned char smem[kOperandBytes > kAccBytes ? kOperandBytes : kAccBytes];
-  S* As = reinterpret_cast<S*>(smem);
-  S* Bs = reinterpret_cast<S*>(smem + smem_bytes<S>(kBM, BK, smem_pad<S>()));
-  float* Cs = reinterpret_cast<float*>(smem);
+  using Smem = TileSmem<Math>;
+  constexpr int BK = Smem::BK /* segment rows per step */, lda = Smem::lda, ldb = Smem::ldb, ldc = Smem::ldc;
+  __shared__ __align__(128) unsigned char smem[Smem::kBytes];
+  const Smem tiles(smem);
 
   const int64_t block = blockIdx.x;
   const int64_t e = block / (k_tiles * m_tiles);
@@ -157,19 +164,19 @@ __global__ void __launch_bounds__(kThreads, 1)
     const int depth = static_cast<int>(seg_end - r0 < BK ? seg_end - r0 : BK);
     // A_s(i, j) = op(a[r0 + j][k0 + i]): the transposed rows of the segment.
     if constexpr (ACTIVATE_A) {
-      load_tile<kBM, BK, false>(As, lda, args.a + r0 * args.K + k0, args.K, k_valid, depth,
+      load_tile<kBM, BK, false>(tiles.As, lda, args.a + r0 * args.K + k0, args.K, k_valid, depth,
                                 ScaledActivation{args.act, args.scaling});
     } else {
-      load_tile<kBM, BK, false>(As, lda, args.a + r0 * args.K + k0, args.K, k_valid, depth, Identity{});
+      load_tile<kBM, BK, false>(tiles.As, lda, args.a + r0 * args.K + k0, args.K, k_valid, depth, Identity{});
     }
-    load_tile<BK, kBN, true>(Bs, ldb, args.b + r0 * args.M + n0, args.M, depth, n_valid, Identity{});
+    load_tile<BK, kBN, true>(tiles.Bs, ldb, args.b + r0 * args.M + n0, args.M, depth, n_valid, Identity{});
     __syncthreads();
-    mma.template mma<BK>(As, lda, Bs, ldb);
+    mma.template mma<BK>(tiles.As, lda, tiles.Bs, ldb);
     __syncthreads();
   }
-  mma.store(Cs, ldc);
+  mma.store(tiles.Cs, ldc);
   __syncthreads();
-  write_tile<GemmEpilogue::Store, kBM, kBN>(Cs, ldc, args.c + e * args.K * args.M, args.M, k0, k_valid, n0, n_valid,
+  write_tile<GemmEpilogue::Store, kBM, kBN>(tiles.Cs, ldc, args.c + e * args.K * args.M, args.M, k0, k_valid, n0, n_valid,
                                             static_cast<const T*>(nullptr), static_cast<T*>(nullptr), args.act,
                                             args.scaling);
 }
