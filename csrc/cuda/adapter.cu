@@ -14,9 +14,9 @@
 //                dx = dh @ w_down[e]^T                       segment GEMM
 //                dw_down[e] = x[seg]^T @ dh[seg]             weight-grad reduction
 //                dw_up[e] = (scaling * act(h))[seg]^T @ dy[seg]   weight grad, activation on load
-// The activation is rounded to the op's dtype exactly where the forward rounds it, so the backward's
-// recomputed a equals the forward's bit for bit. Every launch goes to the caller's stream; nothing
-// reads device memory back to the host.
+// The backward recomputes a from the saved h with the same expression and rounds it to the op's
+// dtype where the forward does, so it uses the activation the forward used. Every launch goes to
+// the caller's stream; nothing reads device memory back to the host.
 #include "cuda/adapter.h"
 #include "cuda/segment_gemm.cuh"
 
