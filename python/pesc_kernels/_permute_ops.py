@@ -98,16 +98,19 @@ def _register() -> None:
     torch.library.register_autograd(lib + "permute", permute_backward, setup_context=permute_setup)
 
     def unpermute_setup(ctx, inputs, output):
-        y_perm, row_map, weights, _residual = inputs
-        # y_perm is only read back for the weights' gradient, so it is saved only then.
+        y_perm, row_map, weights, residual = inputs
+        # needs_input_grad has no entry for trailing arguments left at their default (None), so
+        # each index is read only when that argument is present.
         ctx.weights_grad = weights is not None and ctx.needs_input_grad[2]
+        ctx.residual_grad = residual is not None and ctx.needs_input_grad[3]
+        # y_perm is only read back for the weights' gradient, so it is saved only then.
         ctx.save_for_backward(row_map, weights, y_perm if ctx.weights_grad else None)
 
     def unpermute_backward(ctx, grad_y):
         row_map, weights, y_perm = ctx.saved_tensors
         grad_y_perm, grad_weights = torch.ops.pesc.unpermute_backward(grad_y, row_map, weights, y_perm)
         return (grad_y_perm, None, grad_weights if ctx.weights_grad else None,
-                grad_y if ctx.needs_input_grad[3] else None)
+                grad_y if ctx.residual_grad else None)
 
     torch.library.register_autograd(lib + "unpermute", unpermute_backward, setup_context=unpermute_setup)
 
