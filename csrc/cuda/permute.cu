@@ -133,6 +133,7 @@ __global__ void scatter_rows_kernel(const scalar_t* __restrict__ src, const int3
     if (row >= 0 && row < N) {
       P* out = reinterpret_cast<P*>(dst + row * d);
       const P* y = y_perm != nullptr ? reinterpret_cast<const P*>(y_perm + row * d) : nullptr;
+#pragma unroll 4
       for (int64_t c = tw.lane; c < packs; c += kWarp) {
         const P g = in[c];
         if (weights == nullptr) {
@@ -175,6 +176,7 @@ __global__ void gather_rows_kernel(const scalar_t* __restrict__ src, const int32
     float acc[VEC];
 #pragma unroll
     for (int i = 0; i < VEC; ++i) acc[i] = 0.f;
+#pragma unroll 4
     for (int j = 0; j < k; ++j) {
       const int64_t row = rows[j];
       if (row < 0 || row >= N) continue;
