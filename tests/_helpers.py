@@ -30,3 +30,9 @@ def grads_of(fn, inputs, upstream):
     loss = sum((o.double() * u).sum() for o, u in zip(outs, upstream) if u is not None)
     leaves = [x for x in inputs if isinstance(x, torch.Tensor) and x.requires_grad]
     return torch.autograd.grad(loss, leaves)
+
+
+def call_cpu_kernel(op, *args):
+    """Runs op's CPU kernel even with meta-device arguments, which the dispatcher would otherwise send
+    to the fake implementation: with no GPU, the meta device stands in for "another device"."""
+    return op.default.redispatch(torch._C.DispatchKeySet(torch._C.DispatchKey.CPU), *args)

@@ -22,6 +22,7 @@
 
 #include "common/checks.h"
 #include "common/dispatch.h"
+#include "common/permute_outputs.h"
 #include "common/permute_math.h"
 #include "ops.h"
 
@@ -80,7 +81,8 @@ void scatter_rows(const scalar_t* src, const scalar_t* y_perm, const ScatterArgs
         const float w = a.weights == nullptr ? 1.f : a.weights[t * k + j];
         scalar_t* out = dst + rows[j] * d;
         for (int64_t i = 0; i < d; ++i) out[i] = static_cast<scalar_t>(w * g[i]);
-        if (a.grad_weights != nullptr) a.grad_weights[t * k + j] = dot_fp32(g, row_fp32(y_perm + rows[j] * d, d, y_buffer), d);
+        if (a.grad_weights != nullptr)
+          a.grad_weights[t * k + j] = dot_fp32(g, row_fp32(y_perm + rows[j] * d, d, y_buffer), d);
       }
     }
   });
@@ -110,10 +112,6 @@ const T* optional_ptr(const std::optional<at::Tensor>& t) {
   return t.has_value() ? t->data_ptr<T>() : nullptr;
 }
 
-std::optional<at::Tensor> contiguous(const std::optional<at::Tensor>& t) {
-  return t.has_value() ? std::optional<at::Tensor>(t->contiguous()) : std::nullopt;
-}
-
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> permute_cpu(const at::Tensor& x_in, const at::Tensor& indices_in,
@@ -124,9 +122,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> permute_cpu(const at::Tensor& x_i
   const at::Tensor x = x_in.contiguous(), indices = indices_in.contiguous();
   const int64_t T = x.size(0), d = x.size(1), k = indices.size(1), N = T * k;
   const int32_t E = static_cast<int32_t>(num_experts);
-  at::Tensor x_perm = at::empty({N, d}, x.options());
-  at::Tensor row_map = at::empty({T, k}, indices.options());
-  at::Tensor offsets = at::empty({num_experts + 1}, x.options().dtype(at::kLong));
+  auto [x_perm, row_map, offsets] = allocate_permute_outputs(x, indices, num_experts);
 
   // Stable counting sort: histogram, exclusive scan, then slots in (t, j) order take the next row
   // of their expert.
@@ -151,9 +147,9 @@ at::Tensor unpermute_cpu(const at::Tensor& y_perm_in, const at::Tensor& row_map_
   check_unpermute(y_perm_in, row_map_in, weights_in, residual_in);
   check_row_map_cpu("pesc.unpermute", row_map_in);
   const at::Tensor y_perm = y_perm_in.contiguous(), row_map = row_map_in.contiguous();
-  const auto weights = contiguous(weights_in), residual = contiguous(residual_in);
+  const auto weights = contiguous_optional(weights_in), residual = contiguous_optional(residual_in);
   const int64_t T = row_map.size(0), k = row_map.size(1), d = y_perm.size(1);
-  at::Tensor y = at::empty({T, d}, y_perm.options());
+  at::Tensor y = allocate_unpermute_output(y_perm, row_map);
   PESC_DISPATCH_FLOAT_TYPES(y_perm.scalar_type(), "unpermute_cpu", [&] {
     gather_rows<scalar_t>(y_perm.data_ptr<scalar_t>(), row_map.data_ptr<int32_t>(), optional_ptr<float>(weights),
                           optional_ptr<scalar_t>(residual), T, k, d, y.data_ptr<scalar_t>());
@@ -167,12 +163,9 @@ std::tuple<at::Tensor, at::Tensor> unpermute_backward_cpu(const at::Tensor& grad
   check_unpermute_backward(grad_y_in, row_map_in, weights_in, y_perm_in);
   check_row_map_cpu("pesc.unpermute_backward", row_map_in);
   const at::Tensor grad_y = grad_y_in.contiguous(), row_map = row_map_in.contiguous();
-  const auto weights = contiguous(weights_in), y_perm = contiguous(y_perm_in);
+  const auto weights = contiguous_optional(weights_in), y_perm = contiguous_optional(y_perm_in);
   const int64_t T = row_map.size(0), k = row_map.size(1), d = grad_y.size(1);
-  at::Tensor grad_y_perm = at::empty({T * k, d}, grad_y.options());
-  // grad_weights is computed only when y_perm is given; otherwise it is an empty [0] placeholder.
-  const auto fp32 = grad_y.options().dtype(at::kFloat);
-  at::Tensor grad_weights = y_perm.has_value() ? at::empty({T, k}, fp32) : at::empty({0}, fp32);
+  auto [grad_y_perm, grad_weights] = allocate_unpermute_backward_outputs(grad_y, row_map, y_perm.has_value());
   PESC_DISPATCH_FLOAT_TYPES(grad_y.scalar_type(), "unpermute_backward_cpu", [&] {
     const ScatterArgs args{row_map.data_ptr<int32_t>(), optional_ptr<float>(weights), T, k, d,
                            y_perm.has_value() ? grad_weights.data_ptr<float>() : nullptr};

@@ -240,7 +240,8 @@ cudaError_t launch_permute(const void* x, DType dtype, const int32_t* indices, i
         radix_sort_slots(sort_temp, sort_temp_bytes, keys, sorted_keys, slots, sorted_slots, N, E, stream));
     row_map_kernel<<<index_blocks(N), kIndexBlock, 0, stream>>>(sorted_slots, N, row_map);
     PESC_CUDA_LAUNCH_CHECK();
-    PESC_CUDA_RETURN_IF_ERROR(launch_scatter_rows(x, dtype, row_map, nullptr, nullptr, T, k, d, x_perm, nullptr, stream));
+    PESC_CUDA_RETURN_IF_ERROR(
+        launch_scatter_rows(x, dtype, row_map, nullptr, nullptr, T, k, d, x_perm, nullptr, stream));
   }
   expert_offsets_kernel<<<static_cast<unsigned>(ceil_div(E + 1, kIndexBlock)), kIndexBlock, 0, stream>>>(
       sorted_keys, N, E, expert_offsets);

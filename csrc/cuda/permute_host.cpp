@@ -7,16 +7,13 @@
 #include <ATen/ATen.h>
 
 #include "common/checks.h"
+#include "common/permute_outputs.h"
 #include "cuda/host_utils.h"
 #include "cuda/permute.h"
 #include "ops.h"
 
 namespace pesc {
 namespace {
-
-std::optional<at::Tensor> contiguous(const std::optional<at::Tensor>& t) {
-  return t.has_value() ? std::optional<at::Tensor>(t->contiguous()) : std::nullopt;
-}
 
 const void* optional_rows(const std::optional<at::Tensor>& t) { return t.has_value() ? t->data_ptr() : nullptr; }
 
@@ -29,9 +26,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> permute_cuda(const at::Tensor& x_
   const at::Tensor x = x_in.contiguous(), indices = indices_in.contiguous();
   const int64_t T = x.size(0), d = x.size(1), k = indices.size(1), N = T * k;
   const int E = static_cast<int>(num_experts);
-  at::Tensor x_perm = at::empty({N, d}, x.options());
-  at::Tensor row_map = at::empty({T, k}, indices.options());
-  at::Tensor offsets = at::empty({num_experts + 1}, x.options().dtype(at::kLong));
+  auto [x_perm, row_map, offsets] = allocate_permute_outputs(x, indices, num_experts);
   size_t temp_bytes = 0;
   C10_CUDA_CHECK(permute_sort_temp_bytes(N, E, &temp_bytes));
   // keys and slots hold the sort's input then output halves; keys are uint32 bit patterns.
@@ -50,12 +45,11 @@ at::Tensor unpermute_cuda(const at::Tensor& y_perm_in, const at::Tensor& row_map
   check_unpermute(y_perm_in, row_map_in, weights_in, residual_in);
   const c10::cuda::CUDAGuard guard(y_perm_in.device());
   const at::Tensor y_perm = y_perm_in.contiguous(), row_map = row_map_in.contiguous();
-  const auto weights = contiguous(weights_in), residual = contiguous(residual_in);
-  const int64_t T = row_map.size(0), d = y_perm.size(1);
-  at::Tensor y = at::empty({T, d}, y_perm.options());
+  const auto weights = contiguous_optional(weights_in), residual = contiguous_optional(residual_in);
+  at::Tensor y = allocate_unpermute_output(y_perm, row_map);
   C10_CUDA_CHECK(launch_unpermute(y_perm.data_ptr(), dtype_of(y_perm), row_map.data_ptr<int32_t>(),
-                                  optional_data<float>(weights), optional_rows(residual), T,
-                                  static_cast<int>(row_map.size(1)), d, y.data_ptr(), current_stream()));
+                                  optional_data<float>(weights), optional_rows(residual), row_map.size(0),
+                                  static_cast<int>(row_map.size(1)), y_perm.size(1), y.data_ptr(), current_stream()));
   return y;
 }
 
@@ -65,12 +59,9 @@ std::tuple<at::Tensor, at::Tensor> unpermute_backward_cuda(const at::Tensor& gra
   check_unpermute_backward(grad_y_in, row_map_in, weights_in, y_perm_in);
   const c10::cuda::CUDAGuard guard(grad_y_in.device());
   const at::Tensor grad_y = grad_y_in.contiguous(), row_map = row_map_in.contiguous();
-  const auto weights = contiguous(weights_in), y_perm = contiguous(y_perm_in);
+  const auto weights = contiguous_optional(weights_in), y_perm = contiguous_optional(y_perm_in);
   const int64_t T = row_map.size(0), k = row_map.size(1), d = grad_y.size(1);
-  at::Tensor grad_y_perm = at::empty({T * k, d}, grad_y.options());
-  // grad_weights is computed only when y_perm is given; otherwise it is an empty [0] placeholder.
-  const auto fp32 = grad_y.options().dtype(at::kFloat);
-  at::Tensor grad_weights = y_perm.has_value() ? at::empty({T, k}, fp32) : at::empty({0}, fp32);
+  auto [grad_y_perm, grad_weights] = allocate_unpermute_backward_outputs(grad_y, row_map, y_perm.has_value());
   C10_CUDA_CHECK(launch_unpermute_backward(grad_y.data_ptr(), dtype_of(grad_y), row_map.data_ptr<int32_t>(),
                                            optional_data<float>(weights), optional_rows(y_perm), T,
                                            static_cast<int>(k), d, grad_y_perm.data_ptr(),
