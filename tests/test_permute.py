@@ -8,7 +8,7 @@ ids and row maps, and bad input.
 """
 import pytest
 import torch
-from _helpers import assert_close_to_reference, call_cpu_kernel
+from _helpers import assert_bitwise_deterministic, assert_close_to_reference, call_cpu_kernel
 from conftest import FLOAT_DTYPES
 
 from pesc_kernels import ops, reference
@@ -252,19 +252,7 @@ def test_bitwise_deterministic(device, dtype):
     weights = torch.rand(T, k, device=device)
     residual = make_rows(T, d, dtype, device, seed=8)
     upstream = make_rows(T, d, dtype, device, seed=9)
-    first = _run_all(x, indices, weights, residual, E, upstream)
-    second = _run_all(x, indices, weights, residual, E, upstream)
-    for a, b in zip(first, second):
-        assert torch.equal(a, b)
-    if device.type == "cpu":  # independent of the number of threads, too
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            single = _run_all(x, indices, weights, residual, E, upstream)
-        finally:
-            torch.set_num_threads(threads)
-        for a, b in zip(first, single):
-            assert torch.equal(a, b)
+    assert_bitwise_deterministic(lambda: _run_all(x, indices, weights, residual, E, upstream), device)
 
 
 def test_invalid_expert_ids(device):
