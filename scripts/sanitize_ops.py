@@ -20,6 +20,29 @@ def routing(device):
     (w.sum() + ops.load_balancing_loss(empty, i) + ops.router_z_loss(empty)).backward()
 
 
+def permutation(device):
+    for T, d, E, k in [(1, 1, 1, 1), (7, 13, 3, 3), (33, 64, 8, 2), (65, 100, 1024, 8), (130, 257, 60, 5)]:
+        for dtype in (torch.float32, torch.float16, torch.bfloat16):
+            x = torch.randn(T, d, device=device, dtype=dtype, requires_grad=True)
+            indices = torch.rand(T, E, device=device).argsort(dim=1)[:, :k].to(torch.int32)
+            weights = torch.rand(T, k, device=device, requires_grad=True)
+            for w, r in ((None, None), (weights, None), (None, x), (weights, x)):
+                x_perm, row_map, _ = ops.permute(x, indices, E)
+                ops.unpermute(x_perm * 2, row_map, w, r).sum().backward()
+            # Rows that are not 16-byte aligned take the element-wise path.
+            shifted = torch.empty(T * k * d + 1, device=device, dtype=dtype)[1:].view(T * k, d).copy_(x_perm)
+            torch.ops.pesc.unpermute_backward(x.detach(), row_map, weights.detach(), shifted)
+            ops.unpermute(shifted, row_map, weights.detach(), x.detach())
+    # Out-of-range ids are clamped on CUDA and must stay in bounds.
+    x = torch.randn(6, 8, device=device)
+    bad = torch.tensor([[-5, 0], [1, 4], [1000, 2], [3, -1], [0, 1], [2, 3]], dtype=torch.int32, device=device)
+    x_perm, row_map, _ = ops.permute(x, bad, 4)
+    ops.unpermute(x_perm, row_map)
+    empty = torch.empty(0, 8, device=device, requires_grad=True)
+    x_perm, row_map, _ = ops.permute(empty, torch.empty(0, 2, dtype=torch.int32, device=device), 4)
+    ops.unpermute(x_perm, row_map, torch.empty(0, 2, device=device), empty).sum().backward()
+
+
 def adapter(device):
     """grouped_mm and adapter, forward and backward: every fused rank tile (r <= 16, 32, 64, 128), the
     two-pass path (r > 128), TF32 on and off, empty experts, N = 0, and offsets the kernels must clamp."""
@@ -53,7 +76,7 @@ def adapter(device):
 def main():
     assert torch.cuda.is_available(), "sanitize_ops.py needs a GPU"
     device = torch.device("cuda")
-    for check in (routing, adapter):
+    for check in (routing, permutation, adapter):
         check(device)
         torch.cuda.synchronize()
         print(f"ok: {check.__name__}")

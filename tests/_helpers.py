@@ -32,17 +32,23 @@ def grads_of(fn, inputs, upstream):
     return torch.autograd.grad(loss, leaves)
 
 
+def call_cpu_kernel(op, *args):
+    """Runs op's CPU kernel even with meta-device arguments, which the dispatcher would otherwise send
+    to the fake implementation: with no GPU, the meta device stands in for "another device"."""
+    return op.default.redispatch(torch._C.DispatchKeySet(torch._C.DispatchKey.CPU), *args)
+
+
 def assert_bitwise_deterministic(run, device):
-    """run() twice gives bitwise-equal tensors; on CPU also with one thread (no thread-count dependence)."""
-    first, second = run(), run()
-    for a, b in zip(first, second):
-        assert torch.equal(a, b)
+    """run() -> list of tensors gives the same bits twice, and on CPU also with a single thread."""
+    first = run()
+    runs = [run()]
     if device.type == "cpu":
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
-            single = run()
+            runs.append(run())
         finally:
             torch.set_num_threads(threads)
-        for a, b in zip(first, single):
+    for other in runs:
+        for a, b in zip(first, other, strict=True):
             assert torch.equal(a, b)

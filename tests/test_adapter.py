@@ -8,7 +8,7 @@ determinism, partial gradients (output_mask) and bad input.
 """
 import pytest
 import torch
-from _helpers import assert_bitwise_deterministic, assert_close_to_reference
+from _helpers import assert_bitwise_deterministic, assert_close_to_reference, call_cpu_kernel
 from conftest import FLOAT_DTYPES
 
 from pesc_kernels import ops, reference
@@ -294,13 +294,11 @@ def test_bad_input_errors(device):
 
 def test_mixed_devices_error():
     x, w, offs = torch.randn(10, 8), torch.randn(3, 8, 5), torch.tensor([0, 4, 4, 10])
-    cpu_kernel = torch._C.DispatchKeySet(torch._C.DispatchKey.CPU)
-    # With no GPU the meta device stands in for "another device" (see test_gating.py).
     with pytest.raises(ValueError, match="expert_offsets is on meta but x is on cpu"):
-        torch.ops.pesc.grouped_mm.default.redispatch(cpu_kernel, x, w, offs.to("meta"))
+        call_cpu_kernel(torch.ops.pesc.grouped_mm, x, w, offs.to("meta"))
     with pytest.raises(ValueError, match="w_up is on meta but x is on cpu"):
-        torch.ops.pesc.adapter.default.redispatch(cpu_kernel, x, torch.randn(3, 8, 4), torch.randn(3, 4, 8, device="meta"),
-                                                  offs, "gelu", 1.0)
+        call_cpu_kernel(torch.ops.pesc.adapter, x, torch.randn(3, 8, 4), torch.randn(3, 4, 8, device="meta"), offs,
+                        "gelu", 1.0)
     if torch.cuda.is_available():
         with pytest.raises(ValueError, match="all tensors must be on the same device"):
             ops.grouped_mm(x.cuda(), w.cuda(), offs)
