@@ -306,40 +306,42 @@ def test_mixed_devices_error():
             ops.adapter(x.cuda(), torch.randn(3, 8, 4), torch.randn(3, 4, 8).cuda(), offs.cuda())
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="offsets are clamped only by the CUDA kernels")
-def test_cuda_invalid_offsets_are_clamped():
-    """CUDA cannot check offsets without a host sync: it clamps them (documented) and stays in bounds.
+# CUDA-only behaviour (offset clamping, TF32): collected only where a GPU is visible, like the
+# CUDA cases of the device-parametrized tests.
+if torch.cuda.is_available():
 
-    c[0] = 0, c[e] = min(N, max(0, offsets[0..e])) for 0 < e < E, c[E] = N.
-    """
-    N, d, r = 40, 16, 8
-    x = torch.randn(N, d, device="cuda")
-    w_down, w_up = torch.randn(4, d, r, device="cuda"), torch.randn(4, r, d, device="cuda")
-    for bad, clamped in (([3, 10, 5, 50, 38], [0, 10, 10, 40, 40]), ([-4, -2, 20, 20, 7], [0, 0, 20, 20, 40])):
-        offsets = torch.tensor(bad, device="cuda")
-        expected = reference.adapter(x, w_down, w_up, torch.tensor(clamped, device="cuda"))
-        torch.testing.assert_close(ops.adapter(x, w_down, w_up, offsets), expected)
-        torch.testing.assert_close(ops.grouped_mm(x, w_down, offsets),
-                                   reference.grouped_mm(x, w_down, torch.tensor(clamped, device="cuda")))
-        torch.cuda.synchronize()
+    def test_cuda_invalid_offsets_are_clamped():
+        """CUDA cannot check offsets without a host sync: it clamps them (documented) and stays in bounds.
+
+        c[0] = 0, c[e] = min(N, max(0, offsets[0..e])) for 0 < e < E, c[E] = N.
+        """
+        N, d, r = 40, 16, 8
+        x = torch.randn(N, d, device="cuda")
+        w_down, w_up = torch.randn(4, d, r, device="cuda"), torch.randn(4, r, d, device="cuda")
+        for bad, clamped in (([3, 10, 5, 50, 38], [0, 10, 10, 40, 40]), ([-4, -2, 20, 20, 7], [0, 0, 20, 20, 40])):
+            offsets = torch.tensor(bad, device="cuda")
+            expected = reference.adapter(x, w_down, w_up, torch.tensor(clamped, device="cuda"))
+            torch.testing.assert_close(ops.adapter(x, w_down, w_up, offsets), expected)
+            torch.testing.assert_close(ops.grouped_mm(x, w_down, offsets),
+                                       reference.grouped_mm(x, w_down, torch.tensor(clamped, device="cuda")))
+            torch.cuda.synchronize()
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="TF32 applies to CUDA only")
-def test_cuda_tf32_only_when_allowed():
-    counts, d, r = [300, 0, 257], 512, 64
-    x, w_down, w_up, offsets, _ = adapter_inputs(counts, d, r, torch.float32, "cuda")
-    expected = reference.adapter(x.double(), w_down.double(), w_up.double(), offsets)
-    previous = torch.backends.cuda.matmul.allow_tf32
-    try:
-        torch.backends.cuda.matmul.allow_tf32 = False
-        exact = ops.adapter(x, w_down, w_up, offsets)
-        torch.backends.cuda.matmul.allow_tf32 = True
-        tf32 = ops.adapter(x, w_down, w_up, offsets)
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = previous
-    scale = expected.abs().max().item()
-    assert (exact.double() - expected).abs().max().item() <= 1e-5 * scale
-    assert (tf32.double() - expected).abs().max().item() <= 1e-2 * scale
+    def test_cuda_tf32_only_when_allowed():
+        counts, d, r = [300, 0, 257], 512, 64
+        x, w_down, w_up, offsets, _ = adapter_inputs(counts, d, r, torch.float32, "cuda")
+        expected = reference.adapter(x.double(), w_down.double(), w_up.double(), offsets)
+        previous = torch.backends.cuda.matmul.allow_tf32
+        try:
+            torch.backends.cuda.matmul.allow_tf32 = False
+            exact = ops.adapter(x, w_down, w_up, offsets)
+            torch.backends.cuda.matmul.allow_tf32 = True
+            tf32 = ops.adapter(x, w_down, w_up, offsets)
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = previous
+        scale = expected.abs().max().item()
+        assert (exact.double() - expected).abs().max().item() <= 1e-5 * scale
+        assert (tf32.double() - expected).abs().max().item() <= 1e-2 * scale
 
 
 def test_reference_fallback(monkeypatch):
