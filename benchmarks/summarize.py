@@ -14,9 +14,11 @@ from collections import defaultdict
 def summarize(path):
     data = json.load(open(path))
     groups = defaultdict(dict)
+    work = {}  # group -> (flops, bytes_moved) per iteration
     for bench in data["benchmarks"]:
         info = bench["extra_info"]
         groups[bench["group"]][info["candidate"]] = bench["stats"]["median"]
+        work[bench["group"]] = (info.get("flops", 0), info.get("bytes_moved", 0))
     rows = []
     for group, times in groups.items():
         ours = times.get("pesc")
@@ -24,9 +26,14 @@ def summarize(path):
             if baseline != "pesc" and ours:
                 rows.append((group, baseline, t * 1e3, ours * 1e3, t / ours))
     width = max((len(r[0]) for r in rows), default=10)
-    print(f"{'case':<{width}}  {'baseline':<12} {'base ms':>9} {'pesc ms':>9} {'speedup':>8}")
+    print(f"{'case':<{width}}  {'baseline':<16} {'base ms':>9} {'pesc ms':>9} {'speedup':>8}")
     for group, baseline, t_base, t_ours, ratio in rows:
-        print(f"{group:<{width}}  {baseline:<12} {t_base:9.3f} {t_ours:9.3f} {ratio:7.2f}x")
+        print(f"{group:<{width}}  {baseline:<16} {t_base:9.3f} {t_ours:9.3f} {ratio:7.2f}x")
+    achieved = [(g, t["pesc"], *work[g]) for g, t in groups.items() if "pesc" in t and any(work[g])]
+    if achieved:
+        print(f"\n{'achieved by pesc':<{width}}  {'ms':>9} {'GFLOP/s':>9} {'GB/s':>9}")
+        for group, t, flops, moved in achieved:
+            print(f"{group:<{width}}  {t * 1e3:9.3f} {flops / t / 1e9:9.1f} {moved / t / 1e9:9.1f}")
     summarize_layers(data)
     machine = data.get("machine_info", {})
     print(f"\nmachine: {machine.get('cpu', {}).get('brand_raw', '?')}, {data.get('datetime', '')}")

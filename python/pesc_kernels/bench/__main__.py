@@ -50,6 +50,7 @@ def run(args) -> dict:
         "schema": report.SCHEMA,
         "machine": machine_info(device),
         "settings": {"device": device.type, "dtype": str(dtype).replace("torch.", ""), "size": args.size,
+                     "families": families,
                      "command": "pesc-bench " + " ".join(args.argv)},
         "calibration": cuda_calibration(device, dtype) if device.type == "cuda" else None,
         "cases": [],
