@@ -13,7 +13,7 @@ import torch
 def pytest_addoption(parser):
     parser.addoption("--bench-device", default="cpu", choices=["cpu", "cuda"], help="device to benchmark on")
     parser.addoption("--bench-dtype", default="float32", choices=["float32", "float16", "bfloat16"])
-    parser.addoption("--bench-size", default="full", choices=["tiny", "quick", "full"], help="size set")
+    parser.addoption("--bench-size", default="full", choices=["tiny", "quick", "full", "gpu"], help="size set")
 
 
 @pytest.fixture(scope="session")

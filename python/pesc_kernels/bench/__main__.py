@@ -30,6 +30,8 @@ def parse_args(argv):
     size = parser.add_mutually_exclusive_group()
     for name in ("tiny", "quick", "full"):
         size.add_argument(f"--{name}", dest="size", action="store_const", const=name)
+    size.add_argument("--gpu-set", dest="size", action="store_const", const="gpu",
+                      help="the GPU target shapes (what scripts/gpu_check.sh runs)")
     parser.set_defaults(size="quick")
     parser.add_argument("--families", default=None, help="comma-separated subset, e.g. gating,permute")
     parser.add_argument("--out", type=Path, default=Path("bench-results"), help="output directory")

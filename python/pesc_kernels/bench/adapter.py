@@ -31,6 +31,7 @@ from .cases import Case, CaseRun, leaf, register
 ADAPTER_SHAPES = [(N, d, r, E) for N in (8192, 32768) for d in (1024, 4096) for r in (64, 512) for E in (8, 16)]
 # The CPU target shape (issue 4), forward and forward+backward; the full grid takes hours on 2 cores.
 QUICK = {(32768, 1024, 64, 8, False), (32768, 1024, 64, 8, True)}
+GPU = {(8192, 4096, 64, 8), (32768, 4096, 64, 8), (32768, 4096, 512, 8)}  # scripts/gpu_check.sh
 TINY_ADAPTER = (1024, 256, 16, 4)  # smoke-test size (make test runs the tiny set)
 GROUPED_MM_SHAPES = [(4096, 512, 1024, 8), (8192, 1024, 2816, 8), (16384, 4096, 1024, 16)]  # first: quick
 
@@ -195,6 +196,7 @@ def adapter_cases() -> list[Case]:
                 sizes = ("tiny",)
             else:
                 sizes = ("full", "quick") if (N, d, r, E, backward) in QUICK else ("full",)
+                sizes += ("gpu",) if (N, d, r, E) in GPU else ()
             cases.append(Case(family="adapter", name=f"adapter {_mode(backward)}", shape=f"N={N} d={d} r={r} E={E}",
                               build=_build_adapter(N, d, r, E, backward), sizes=sizes, candidates=candidates))
     for N, K, M, E in GROUPED_MM_SHAPES:
@@ -202,6 +204,7 @@ def adapter_cases() -> list[Case]:
             quick = (N, K, M, E) == GROUPED_MM_SHAPES[0] and backward
             cases.append(Case(family="adapter", name=f"grouped_mm {_mode(backward)}", shape=f"N={N} K={K} M={M} E={E}",
                               build=_build_grouped_mm(N, K, M, E, backward),
-                              sizes=("full", "quick") if quick else ("full",),
+                              sizes=(("full", "quick") if quick else ("full",))
+                              + (("gpu",) if (N, K, M, E) == GROUPED_MM_SHAPES[1] else ()),
                               candidates=("reference", "torch_grouped_mm", "pesc")))
     return cases

@@ -50,6 +50,8 @@ def gating_cases() -> list[Case]:
                     sizes = ("full", "quick") if quick else ("full",)
                     if T == 4096 and E == 8 and k == 2:
                         sizes = sizes + ("tiny",)
+                    if T == 16384 and k == 2 and E in (8, 64):
+                        sizes = sizes + ("gpu",)
                     cases.append(Case(
                         family="gating",
                         name=f"topk_gating+load_balancing_loss {'fwd+bwd' if backward else 'fwd'}",

@@ -97,7 +97,7 @@ def layer_cases() -> list[Case]:
     plan = [(TINY, True, ("tiny",)), (HEADLINE, True, ("quick", "full")), (SPARSETRAL, True, ("full",)),
             (HEADLINE, False, ("full",)), (SPARSETRAL, False, ("full",))]
     if torch.cuda.is_available():
-        plan.append((GPU, True, ("full",)))
+        plan.append((GPU, True, ("full", "gpu")))
     for (d, F, T, E, k, r), trainable, sizes in plan:
         cases.append(Case(
             family="layer",

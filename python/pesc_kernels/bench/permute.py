@@ -73,6 +73,8 @@ def permute_cases() -> list[Case]:
                         sizes += ("quick",)
                     if T == 4096 and d == 1024 and E == 8:
                         sizes += ("tiny",)
+                    if T == 16384 and d == 4096:  # memory-bound: the GPU bandwidth-fraction target
+                        sizes += ("gpu",)
                     cases.append(Case(
                         family="permute",
                         name=f"permute+unpermute {'fwd+bwd' if backward else 'fwd'}",

@@ -33,6 +33,8 @@ SIZE_BUDGETS = {
     "tiny": Budget(warmup=1, min_rounds=2, max_rounds=3, seconds=0.5),
     "quick": Budget(warmup=1, min_rounds=3, max_rounds=9, seconds=2.5),
     "full": Budget(warmup=2, min_rounds=5, max_rounds=30, seconds=8.0),
+    # scripts/gpu_check.sh: the GPU target shapes only, sized to fit a short device lease.
+    "gpu": Budget(warmup=3, min_rounds=10, max_rounds=50, seconds=2.0),
 }
 
 
