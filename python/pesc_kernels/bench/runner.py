@@ -89,7 +89,16 @@ def measure_case(case: Case, device: torch.device, dtype: torch.dtype, budget: B
     samples = {label: [] for label in labels}
     started = time.perf_counter()
     rounds = 0
-    while rounds < budget.max_rounds and (rounds < budget.min_rounds or time.perf_counter() - started < budget.seconds):
+    def more_rounds() -> bool:
+        elapsed = time.perf_counter() - started
+        if rounds >= budget.max_rounds:
+            return False
+        if rounds < budget.min_rounds:
+            # Very slow cases (a round far beyond the budget) stop at 3 rounds rather than min_rounds.
+            return rounds < 3 or elapsed < 4 * budget.seconds
+        return elapsed < budget.seconds
+
+    while more_rounds():
         order = labels[rounds % len(labels):] + labels[:rounds % len(labels)]
         copy = copies[rounds % len(copies)]
         for label in order:
