@@ -1,0 +1,139 @@
+"""Multi-process training under torchrun: process group, DDP / FSDP wrapping and consolidation.
+
+``torchrun --nproc_per_node=N examples/finetune.py ...`` sets RANK / WORLD_SIZE / LOCAL_RANK; the
+process group then uses NCCL on CUDA and gloo on CPU. Models are wrapped with
+DistributedDataParallel, or with FSDP2 (``fully_shard`` on every decoder layer, then the root) when
+``--fsdp`` is given. DDP for PESC uses ``find_unused_parameters=True`` because an expert that gets
+no tokens on some rank in some step has no gradient there.
+
+Evaluation and checkpointing need whole parameters: :func:`consolidated` unshards an FSDP model
+(and keeps it unsharded through forwards) for the duration of a ``with`` block, so generation runs
+on each rank without collectives and the checkpoint code sees plain tensors. There, too,
+:func:`trainable_digest` hashes each rank's trainable weights, so a run records whether its replicas
+ended bitwise identical.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(device: torch.device) -> DistInfo:
+    """Join the torchrun process group when WORLD_SIZE > 1 (NCCL on CUDA, gloo on CPU)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    if not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def barrier(info: DistInfo) -> None:
+    if info.enabled:
+        dist.barrier()
+
+
+def shutdown(info: DistInfo) -> None:
+    if info.enabled and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _decoder_layers(model):
+    """The repeated transformer blocks of a (possibly peft-wrapped) HF causal LM."""
+    blocks = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList) and len(m) > 0
+              and type(m[0]).__name__.endswith("DecoderLayer")]
+    if not blocks:
+        raise ValueError("--fsdp: found no decoder layer list (a ModuleList of *DecoderLayer) to shard")
+    return list(blocks[0])
+
+
+def wrap(model, info: DistInfo, device: torch.device, *, fsdp: bool = False, find_unused: bool = False):
+    """DDP or FSDP2 wrapping for a multi-process run; the model itself when single-process."""
+    if fsdp:
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+
+        if not info.enabled:
+            raise ValueError("--fsdp needs several processes: launch with torchrun --nproc_per_node=N")
+        mesh = init_device_mesh(device.type, (info.world_size,))
+        for layer in _decoder_layers(model):
+            fully_shard(layer, mesh=mesh)
+        fully_shard(model, mesh=mesh)
+        return model
+    if not info.enabled:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    device_ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=find_unused)
+
+
+def unwrap(model):
+    """The module inside a DDP wrapper (FSDP2 wraps in place, so its model is returned as is)."""
+    return model.module if hasattr(model, "module") and hasattr(model, "require_backward_grad_sync") else model
+
+
+def _fsdp_modules(model):
+    from torch.distributed.fsdp import FSDPModule
+
+    return [m for m in model.modules() if isinstance(m, FSDPModule)]
+
+
+def trainable_digest(model) -> str:
+    """sha256 over the names and exact bytes of the trainable parameters (call on whole parameters)."""
+    digest = hashlib.sha256()
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            digest.update(name.encode())
+            digest.update(parameter.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def gather_objects(obj) -> list:
+    """``obj`` from every rank, in rank order (a one-element list when single-process)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return [obj]
+    parts = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, obj)
+    return parts
+
+
+@contextlib.contextmanager
+def consolidated(model):
+    """Inside the block, an FSDP2 model holds whole (unsharded) parameters on every rank."""
+    modules = _fsdp_modules(model)
+    if not modules:
+        yield unwrap(model)
+        return
+    for module in modules:
+        module.set_reshard_after_forward(False, recurse=False)
+        module.unshard()
+    try:
+        yield model
+    finally:
+        for module in modules:
+            module.reshard()
+            # FSDP2's defaults: the root keeps its parameters after forward, inner modules reshard.
+            module.set_reshard_after_forward(module is not model, recurse=False)
