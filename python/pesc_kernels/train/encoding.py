@@ -86,14 +86,6 @@ def encode_all(tokenizer, conversations, max_length: int | None = None) -> list[
     return out
 
 
-def full_text_encoding(tokenizer, conversation, max_length: int | None = None) -> Encoded:
-    """Plain language-model encoding (every token trained), for the dense model's pre-training."""
-    ids = tokenizer.encode(_render(tokenizer, list(conversation.messages), False), add_special_tokens=False)
-    if max_length is not None and len(ids) > max_length:
-        raise ValueError(f"a conversation encodes to {len(ids)} tokens, more than max_length={max_length}")
-    return Encoded(ids, list(ids))
-
-
 def collate(items: list[Encoded], pad_token_id: int) -> dict[str, torch.Tensor]:
     """Right-padded batch: input_ids, attention_mask (1 on real tokens) and labels (-100 on padding)."""
     width = max(len(item.input_ids) for item in items)

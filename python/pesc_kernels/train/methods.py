@@ -86,12 +86,17 @@ def apply_method(model, method: str, *, pesc=None, lora_rank: int = 8, lora_alph
 
 
 def parameter_summary(model, method: str) -> dict:
-    """total / trainable / activated-per-token parameter counts (PESC activates only k of E adapters)."""
+    """Parameter counts: total, trainable, activated_per_token (all weights one token uses) and
+    trainable_per_token (the trainable ones among them: PESC routes a token through only k of the E
+    adapters, so this is less than ``trainable`` for PESC and equal to it for dense methods)."""
     if method == "pesc":
         import pesc_kernels
 
-        return dict(pesc_kernels.trainable_parameter_summary(model))
-    return parameter_counts(model)
+        counts = dict(pesc_kernels.trainable_parameter_summary(model))
+    else:
+        counts = parameter_counts(model)
+    counts["trainable_per_token"] = counts["trainable"] - (counts["total"] - counts["activated_per_token"])
+    return counts
 
 
 def save_checkpoint(model, method: str, directory, base_model_dir, tokenizer=None) -> Path:

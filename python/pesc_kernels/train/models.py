@@ -56,7 +56,8 @@ def load_base(path, device: torch.device, dtype: torch.dtype, load_in_4bit: bool
 
 
 def parameter_counts(model) -> dict:
-    """total / trainable parameter counts; for dense methods every trainable weight is active per token."""
+    """total / trainable / activated-per-token parameter counts of a dense model (every weight is used
+    by every token, so activated_per_token == total)."""
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return {"total": total, "trainable": trainable, "activated_per_token": trainable}
+    return {"total": total, "trainable": trainable, "activated_per_token": total}

@@ -4,7 +4,8 @@ Each stage is a function of plain arguments so tests and other scripts can run t
 
 - :func:`load_data`: the synthetic splits, or user JSONL (with an optional held-out file).
 - :func:`pretrain_dense`: build the embedded tiny Llama and train all of it briefly on the generic
-  pre-training split (loss on every token), giving "the dense model", saved with its tokenizer.
+  pre-training split (answers only, as in fine-tuning: the random task inputs carry no learnable
+  signal), giving "the dense model", saved with its tokenizer.
 - :func:`finetune`: load the dense model, apply a method (pesc / lora / full), train with the prompt
   masked, evaluate held-out exact match, save the checkpoint, metrics.json and the loss curve.
 - :func:`evaluate_base`: held-out exact match of the dense model itself (the "before" row).
@@ -19,7 +20,7 @@ import torch
 
 from . import distributed, methods, report
 from .batching import batch_stream
-from .encoding import encode_all, full_text_encoding
+from .encoding import encode_all
 from .evaluate import exact_match
 from .loop import final_loss, train
 from .models import load_base
@@ -90,7 +91,7 @@ def pretrain_dense(data: Data, settings: RunSettings, out_dir, *, steps: int, lr
         raise ValueError("dense pre-training needs the synthetic pre-training split (it is empty for user data)")
     tokenizer = ByteTokenizer()
     model = build_tiny_llama(tokenizer, settings.seed, **(model_sizes or {})).to(settings.device, settings.dtype)
-    encoded = [full_text_encoding(tokenizer, c, settings.max_length) for c in data.pretrain]
+    encoded = encode_all(tokenizer, data.pretrain, settings.max_length)
     batches = batch_stream(encoded, settings.batch_size, tokenizer.pad_token_id, settings.seed + 1,
                            settings.dist.rank, settings.dist.world_size)
     wrapped = distributed.wrap(model, settings.dist, settings.device, fsdp=settings.fsdp)

@@ -55,14 +55,14 @@ def _count(n) -> str:
 
 def comparison_table(rows: list[dict]) -> str:
     """Markdown: trainable params, final loss, held-out exact match and tokens/s per model."""
-    lines = ["| model | trainable params | activated / token | final answer loss | held-out exact match "
+    lines = ["| model | trainable params | trainable used / token | final answer loss | held-out exact match "
              "| train tokens/s |",
              "|---|---:|---:|---:|---:|---:|"]
     for row in rows:
         loss = f"{row['final_loss']:.3f}" if row.get("final_loss") is not None else "-"
         speed = f"{row['tokens_per_s']:.0f}" if row.get("tokens_per_s") is not None else "-"
         heldout = row["heldout"]
-        lines.append(f"| {row['name']} | {_count(row.get('trainable'))} | {_count(row.get('activated_per_token'))} "
+        lines.append(f"| {row['name']} | {_count(row.get('trainable'))} | {_count(row.get('trainable_per_token'))} "
                      f"| {loss} | {100 * heldout['exact_match']:.1f}% ({heldout['n']}) | {speed} |")
     return "\n".join(lines)
 
