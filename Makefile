@@ -13,8 +13,10 @@ endif
 PESC_WITH_CUDA ?= auto
 export PESC_WITH_CUDA
 CPU_ONLY_DIR := build/cpu-only
+# Run against the in-place build in python/ (the package is not installed into the environment).
+RUN := PYTHONPATH=$(CURDIR)/python $(PYTHON)
 
-.PHONY: deps build test test-main test-cpu-only bench bench-summary clean
+.PHONY: deps build test test-main test-cpu-only install-check bench bench-summary results clean
 
 deps:
 	@if [ "$(PYTHON)" = ".venv/bin/python" ] && [ ! -x .venv/bin/python ]; then \
@@ -25,10 +27,10 @@ deps:
 build: deps
 	$(PYTHON) setup.py -q build_ext --inplace
 
-test: test-main test-cpu-only
+test: test-main install-check test-cpu-only
 
 test-main: build
-	$(PYTHON) -m pesc_kernels info
+	$(RUN) -m pesc_kernels info
 	$(PYTHON) -m pytest tests -q
 
 # The same sources with the CUDA backend compiled out, imported from a separate directory.
@@ -41,13 +43,24 @@ test-cpu-only: deps
 	PYTHONPATH=$(CPU_ONLY_DIR)/pkg $(PYTHON) -m pytest tests -q -p no:cacheprovider -o pythonpath=$(CPU_ONLY_DIR)/pkg
 
 bench: build
-	$(PYTHON) -m pytest benchmarks -q --benchmark-json build/bench.json
+	$(RUN) -m pytest benchmarks -q --benchmark-json build/bench.json
 	$(PYTHON) benchmarks/summarize.py build/bench.json
 
-# The quick size set of every benchmark and its ratio table (part of the demo).
+# `pip install .` into a scratch target (not the venv) and run its pesc-bench console script.
+install-check: build
+	rm -rf build/install-check
+	$(PYTHON) -m pip install -q --no-build-isolation --no-deps --target build/install-check .
+	PYTHONPATH=build/install-check build/install-check/bin/pesc-bench --tiny --no-memory --out build/bench-tiny
+
+# The benchmark runner's quick size set: table + chart (part of the demo; < 3 min on 2 cores).
 bench-summary: build
-	$(PYTHON) -m pytest benchmarks -q --bench-size quick --benchmark-json build/bench-quick.json
-	$(PYTHON) benchmarks/summarize.py build/bench-quick.json
+	$(RUN) -m pesc_kernels.bench --quick --out outputs/bench
+
+# The full CPU run recorded in benchmarks/results/, then RESULTS.md regenerated from it.
+results: build
+	$(RUN) -m pesc_kernels.bench --full --out build/bench-full
+	mkdir -p benchmarks/results && cp build/bench-full/results.json benchmarks/results/cpu-float32-full.json
+	$(PYTHON) benchmarks/make_results.py
 
 clean:
 	rm -rf build python/pesc_kernels/_C*.so

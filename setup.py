@@ -105,6 +105,19 @@ def _nvidia_wheel_dirs():
     ]
 
 
+def _build_tool(name):
+    """cmake/ninja next to this interpreter (a venv's pip-installed ones) first, else from PATH.
+
+    System CMake 3.25 does not know the C++20 flags for nvcc 13, so the pip cmake must win even
+    when the venv is not activated.
+    """
+    local = Path(sys.executable).parent / name
+    found = str(local) if local.exists() else shutil.which(name)
+    if found is None:
+        raise BuildError(f"{name} not found: pip install cmake ninja")
+    return found
+
+
 class CMakeExtension(Extension):
     def __init__(self, name):
         super().__init__(name, sources=[])
@@ -122,8 +135,10 @@ class CMakeBuild(build_ext):
         build_dir = Path(os.environ.get("PESC_BUILD_DIR", ROOT / "build" / tag)).resolve()
         build_dir.mkdir(parents=True, exist_ok=True)
 
+        cmake = _build_tool("cmake")
         args = [
             "-G", "Ninja",
+            f"-DCMAKE_MAKE_PROGRAM={_build_tool('ninja')}",
             f"-DCMAKE_BUILD_TYPE={os.environ.get('PESC_BUILD_TYPE', 'Release')}",
             f"-DPython_EXECUTABLE={sys.executable}",
             f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
@@ -144,8 +159,8 @@ class CMakeBuild(build_ext):
         jobs = os.environ.get("CMAKE_BUILD_PARALLEL_LEVEL", str(os.cpu_count() or 2))
         log_path = build_dir / "build.log"
         with open(log_path, "w") as log:
-            self._run(["cmake", str(ROOT), *args], build_dir, log)
-            self._run(["cmake", "--build", ".", "--parallel", jobs], build_dir, log)
+            self._run([cmake, str(ROOT), *args], build_dir, log)
+            self._run([cmake, "--build", ".", "--parallel", jobs], build_dir, log)
         print(f"pesc_kernels: built with CUDA={'on' if with_cuda else 'off'}; log (with ptxas resource usage): {log_path}")
 
     @staticmethod
@@ -154,8 +169,10 @@ class CMakeBuild(build_ext):
         log.flush()
         proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for line in proc.stdout:
-            sys.stdout.write(line)
             log.write(line)
+            # ptxas -v resource lines (a few per kernel) go to the log only.
+            if not line.startswith(("ptxas info", "    0 bytes stack frame")):
+                sys.stdout.write(line)
         if proc.wait() != 0:
             raise BuildError(f"{cmd[0]} failed with exit code {proc.returncode}; full log in {log.name}")
 
@@ -168,6 +185,7 @@ setup(
     packages=find_packages("python"),
     ext_modules=[CMakeExtension("pesc_kernels._C")],
     cmdclass={"build_ext": CMakeBuild},
+    entry_points={"console_scripts": ["pesc-bench=pesc_kernels.bench.__main__:main"]},
     python_requires=">=3.9",
     install_requires=["torch>=2.5", "numpy", "safetensors", "tqdm", "matplotlib"],
     extras_require={

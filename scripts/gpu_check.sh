@@ -7,7 +7,10 @@
 # 2. runs the whole test suite (CUDA cases run because a GPU is visible),
 # 3. runs compute-sanitizer memcheck and racecheck over scripts/sanitize_ops.py, which calls every
 #    CUDA op forward and backward,
-# 4. runs the benchmarks on CUDA (pytest-benchmark JSON plus the ratio summary).
+# 4. runs the benchmark runner on CUDA (bf16, full size set): the same cases as benchmarks/bench_*.py,
+#    plus copy-bandwidth/matmul calibration; OUTDIR/results.json and OUTDIR/speedups.png. Copy
+#    results.json to benchmarks/results/cuda-bfloat16-full.json and run benchmarks/make_results.py
+#    to publish the figures.
 # Every step runs even if an earlier one fails; OUTDIR/summary.txt lists PASS/FAIL per step and the
 # script exits non-zero if any step failed. Keep OUTDIR flat (the device tool returns <= 8 files).
 set -uo pipefail
@@ -41,8 +44,6 @@ step build env PESC_WITH_CUDA=1 CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" "$PY" setu
 step tests "$PY" -m pytest tests -q -x --durations=15
 step memcheck compute-sanitizer --tool memcheck --error-exitcode 1 --target-processes all "$PY" scripts/sanitize_ops.py
 step racecheck compute-sanitizer --tool racecheck --error-exitcode 1 --target-processes all "$PY" scripts/sanitize_ops.py
-step benchmarks "$PY" -m pytest benchmarks -q --bench-device cuda --bench-dtype bfloat16 \
-  --benchmark-json "$OUT/bench.json"
-"$PY" benchmarks/summarize.py "$OUT/bench.json" >> "$OUT/benchmarks.log" 2>&1
+step benchmarks "$PY" -m pesc_kernels.bench --device cuda --dtype bfloat16 --full --out "$OUT"
 "$PY" -m pesc_kernels info >> "$OUT/summary.txt" 2>&1
 exit $failed
