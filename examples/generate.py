@@ -2,7 +2,7 @@
 """Generate answers with a base model plus a checkpoint written by examples/finetune.py.
 
     python examples/generate.py --checkpoint outputs/demo/pesc/checkpoint \\
-        --prompt 'Add the two numbers.\\n12 + 30' --prompt 'Sort the numbers from smallest to largest.\\n9 2 7'
+        --prompt 'Add the numbers.\\n12 + 30' --prompt 'Sort the numbers.\\n9 2 7'
     python examples/generate.py --checkpoint outputs/demo/pesc/checkpoint --prompts-file heldout.jsonl
 
 The checkpoint's method (PESC adapters via ``pesc_kernels.load_pesc``, a peft LoRA adapter, or a

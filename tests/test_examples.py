@@ -98,9 +98,9 @@ def test_generate_loads_the_pesc_checkpoint(demo_run, tmp_path):
     prompts = tmp_path / "heldout.jsonl"
     write_jsonl(prompts, (ex.to_record() for ex in heldout_split(1, seed=0)))
     stdout = _run([sys.executable, str(GENERATE), "--checkpoint", str(out / "pesc/checkpoint"),
-                   "--prompts-file", str(prompts), "--prompt", "Add the two numbers.\\n1 + 2", "--max-new-tokens", "4"])
+                   "--prompts-file", str(prompts), "--prompt", "Add the numbers.\\n1 + 2", "--max-new-tokens", "4"])
     assert stdout.startswith(f"model: pesc: {out / 'pesc/checkpoint'} on {(out / 'dense').resolve()}")
-    assert "> Add the two numbers.\n1 + 2\n" in stdout
+    assert "> Add the numbers.\n1 + 2\n" in stdout
     assert f"exact match: " in stdout and f"/{len(TASKS)} = " in stdout
 
 
