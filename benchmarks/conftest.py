@@ -30,8 +30,10 @@ def bench_dtype(request):
 
 
 def run_case(benchmark, case, candidate, device, dtype):
-    """Time one candidate of a case; CUDA work is synchronised inside the timed call."""
+    """Time one candidate of a case; CUDA work is synchronised inside the timed call. Returns the CaseRun."""
     run = case.build(device, dtype)
+    if candidate not in run.candidates:  # e.g. a CUDA-only candidate, or a torch op this build lacks
+        pytest.skip(f"{candidate} is not available for {device.type}/{dtype}")
     fn = run.candidates[candidate]
     benchmark.group = case.id
     benchmark.extra_info.update(family=case.family, case=case.name, shape=case.shape, candidate=candidate,
@@ -44,6 +46,7 @@ def run_case(benchmark, case, candidate, device, dtype):
         timed = fn
     timed()  # warm-up (and first-call compilation/caching) outside the measurement
     benchmark(timed)
+    return run
 
 
 def pytest_generate_tests(metafunc):

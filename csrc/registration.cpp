@@ -15,6 +15,21 @@ TORCH_LIBRARY(pesc, m) {
   m.def("load_balancing_loss_backward(Tensor grad, Tensor logits, Tensor indices, Tensor? mask) -> Tensor");
   m.def("router_z_loss(Tensor logits, Tensor? mask=None) -> Tensor");
   m.def("router_z_loss_backward(Tensor grad, Tensor logits, Tensor? mask) -> Tensor");
+  // Permutation (DESIGN.md 2.2). permute's backward is unpermute with no weights or residual.
+  m.def("permute(Tensor x, Tensor indices, int num_experts)"
+        " -> (Tensor x_perm, Tensor row_map, Tensor expert_offsets)");
+  m.def("unpermute(Tensor y_perm, Tensor row_map, Tensor? weights=None, Tensor? residual=None) -> Tensor");
+  m.def("unpermute_backward(Tensor grad_y, Tensor row_map, Tensor? weights, Tensor? y_perm)"
+        " -> (Tensor grad_y_perm, Tensor grad_weights)");
+  // Grouped GEMMs on expert segments (DESIGN.md 2.3). adapter also returns the pre-activation
+  // h = x @ w_down [N, r] that its backward reads (the Python wrapper returns y only).
+  m.def("grouped_mm(Tensor x, Tensor w, Tensor expert_offsets) -> Tensor");
+  m.def("grouped_mm_backward(Tensor grad_y, Tensor x, Tensor w, Tensor expert_offsets, bool[2] output_mask)"
+        " -> (Tensor grad_x, Tensor grad_w)");
+  m.def("adapter(Tensor x, Tensor w_down, Tensor w_up, Tensor expert_offsets, str activation=\"gelu\","
+        " float scaling=1.0) -> (Tensor y, Tensor h)");
+  m.def("adapter_backward(Tensor grad_y, Tensor x, Tensor w_down, Tensor w_up, Tensor expert_offsets, Tensor h,"
+        " str activation, float scaling, bool[3] output_mask) -> (Tensor grad_x, Tensor grad_w_down, Tensor grad_w_up)");
 }
 
 #define PESC_IMPL_GATING_OPS(m, backend)                                            \
@@ -25,8 +40,27 @@ TORCH_LIBRARY(pesc, m) {
   m.impl("router_z_loss", &pesc::router_z_loss_##backend);                         \
   m.impl("router_z_loss_backward", &pesc::router_z_loss_backward_##backend);
 
-TORCH_LIBRARY_IMPL(pesc, CPU, m) { PESC_IMPL_GATING_OPS(m, cpu) }
+#define PESC_IMPL_PERMUTE_OPS(m, backend)                          \
+  m.impl("permute", &pesc::permute_##backend);                     \
+  m.impl("unpermute", &pesc::unpermute_##backend);                 \
+  m.impl("unpermute_backward", &pesc::unpermute_backward_##backend);
+
+#define PESC_IMPL_ADAPTER_OPS(m, backend)                                           \
+  m.impl("grouped_mm", &pesc::grouped_mm_##backend);                               \
+  m.impl("grouped_mm_backward", &pesc::grouped_mm_backward_##backend);             \
+  m.impl("adapter", &pesc::adapter_##backend);                                     \
+  m.impl("adapter_backward", &pesc::adapter_backward_##backend);
+
+TORCH_LIBRARY_IMPL(pesc, CPU, m) {
+  PESC_IMPL_GATING_OPS(m, cpu)
+  PESC_IMPL_PERMUTE_OPS(m, cpu)
+  PESC_IMPL_ADAPTER_OPS(m, cpu)
+}
 
 #if PESC_WITH_CUDA
-TORCH_LIBRARY_IMPL(pesc, CUDA, m) { PESC_IMPL_GATING_OPS(m, cuda) }
+TORCH_LIBRARY_IMPL(pesc, CUDA, m) {
+  PESC_IMPL_GATING_OPS(m, cuda)
+  PESC_IMPL_PERMUTE_OPS(m, cuda)
+  PESC_IMPL_ADAPTER_OPS(m, cuda)
+}
 #endif

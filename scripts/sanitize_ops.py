@@ -20,10 +20,63 @@ def routing(device):
     (w.sum() + ops.load_balancing_loss(empty, i) + ops.router_z_loss(empty)).backward()
 
 
+def permutation(device):
+    for T, d, E, k in [(1, 1, 1, 1), (7, 13, 3, 3), (33, 64, 8, 2), (65, 100, 1024, 8), (130, 257, 60, 5)]:
+        for dtype in (torch.float32, torch.float16, torch.bfloat16):
+            x = torch.randn(T, d, device=device, dtype=dtype, requires_grad=True)
+            indices = torch.rand(T, E, device=device).argsort(dim=1)[:, :k].to(torch.int32)
+            weights = torch.rand(T, k, device=device, requires_grad=True)
+            for w, r in ((None, None), (weights, None), (None, x), (weights, x)):
+                x_perm, row_map, _ = ops.permute(x, indices, E)
+                ops.unpermute(x_perm * 2, row_map, w, r).sum().backward()
+            # Rows that are not 16-byte aligned take the element-wise path.
+            shifted = torch.empty(T * k * d + 1, device=device, dtype=dtype)[1:].view(T * k, d).copy_(x_perm)
+            torch.ops.pesc.unpermute_backward(x.detach(), row_map, weights.detach(), shifted)
+            ops.unpermute(shifted, row_map, weights.detach(), x.detach())
+    # Out-of-range ids are clamped on CUDA and must stay in bounds.
+    x = torch.randn(6, 8, device=device)
+    bad = torch.tensor([[-5, 0], [1, 4], [1000, 2], [3, -1], [0, 1], [2, 3]], dtype=torch.int32, device=device)
+    x_perm, row_map, _ = ops.permute(x, bad, 4)
+    ops.unpermute(x_perm, row_map)
+    empty = torch.empty(0, 8, device=device, requires_grad=True)
+    x_perm, row_map, _ = ops.permute(empty, torch.empty(0, 2, dtype=torch.int32, device=device), 4)
+    ops.unpermute(x_perm, row_map, torch.empty(0, 2, device=device), empty).sum().backward()
+
+
+def adapter(device):
+    """grouped_mm and adapter, forward and backward: every fused rank tile (r <= 16, 32, 64, 128), the
+    two-pass path (r > 128), TF32 on and off, empty experts, N = 0, and offsets the kernels must clamp."""
+    counts_64 = torch.bincount(torch.randint(0, 64, (50,)), minlength=64).tolist()
+    cases = [([0, 65, 0, 130, 1], 72), ([37], 27), ([0, 0, 0], 16), (counts_64, 100)]
+    previous_tf32 = torch.backends.cuda.matmul.allow_tf32
+    try:
+        for counts, d in cases:
+            offsets = torch.tensor([0] + torch.tensor(counts).cumsum(0).tolist(), device=device)
+            N, E = sum(counts), len(counts)
+            for dtype, tf32 in ((torch.float32, False), (torch.float32, True), (torch.float16, False),
+                                (torch.bfloat16, False)):
+                torch.backends.cuda.matmul.allow_tf32 = tf32
+                for r in (1, 17, 33, 128, 200):
+                    x = torch.randn(N, d, device=device, dtype=dtype, requires_grad=True)
+                    w_down = torch.randn(E, d, r, device=device, dtype=dtype, requires_grad=True)
+                    w_up = torch.randn(E, r, d, device=device, dtype=dtype, requires_grad=True)
+                    w = torch.randn(E, d, 24, device=device, dtype=dtype, requires_grad=True)
+                    y = ops.adapter(x, w_down, w_up, offsets, "gelu", 0.5)
+                    (y.float().sum() + ops.grouped_mm(x, w, offsets).float().sum()).backward()
+        x = torch.randn(40, 16, device=device, requires_grad=True)
+        w_down = torch.randn(4, 16, 8, device=device, requires_grad=True)
+        w_up = torch.randn(4, 8, 16, device=device, requires_grad=True)
+        for bad in ([3, 10, 5, 500, 38], [-4, -2, 20, 20, 7]):
+            offsets = torch.tensor(bad, device=device)
+            (ops.adapter(x, w_down, w_up, offsets).sum() + ops.grouped_mm(x, w_down, offsets).sum()).backward()
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous_tf32
+
+
 def main():
     assert torch.cuda.is_available(), "sanitize_ops.py needs a GPU"
     device = torch.device("cuda")
-    for check in (routing,):
+    for check in (routing, permutation, adapter):
         check(device)
         torch.cuda.synchronize()
         print(f"ok: {check.__name__}")

@@ -30,3 +30,25 @@ def grads_of(fn, inputs, upstream):
     loss = sum((o.double() * u).sum() for o, u in zip(outs, upstream) if u is not None)
     leaves = [x for x in inputs if isinstance(x, torch.Tensor) and x.requires_grad]
     return torch.autograd.grad(loss, leaves)
+
+
+def call_cpu_kernel(op, *args):
+    """Runs op's CPU kernel even with meta-device arguments, which the dispatcher would otherwise send
+    to the fake implementation: with no GPU, the meta device stands in for "another device"."""
+    return op.default.redispatch(torch._C.DispatchKeySet(torch._C.DispatchKey.CPU), *args)
+
+
+def assert_bitwise_deterministic(run, device):
+    """run() -> list of tensors gives the same bits twice, and on CPU also with a single thread."""
+    first = run()
+    runs = [run()]
+    if device.type == "cpu":
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            runs.append(run())
+        finally:
+            torch.set_num_threads(threads)
+    for other in runs:
+        for a, b in zip(first, other, strict=True):
+            assert torch.equal(a, b)

@@ -23,7 +23,8 @@ def test_runner_writes_schema_and_chart(tmp_path, capsys):
     assert "speedup" in printed and str(tmp_path / "speedups.png") in printed
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["schema"] == report.SCHEMA
-    assert {"date", "cpu", "torch", "build", "gpu"} <= set(results["machine"])
+    assert {"date", "cpu", "torch", "build", "gpu", "op_backends"} <= set(results["machine"])
+    assert set(results["machine"]["op_backends"].values()) <= {"kernel", "reference"}
     assert results["settings"]["size"] == "tiny" and results["settings"]["command"].startswith("pesc-bench")
     assert results["calibration"] is None  # CPU run
     assert {c.id for c in cases_for(size="tiny")} == {c["id"] for c in results["cases"]}
@@ -38,6 +39,8 @@ def test_runner_writes_schema_and_chart(tmp_path, capsys):
     # RESULTS.md rendering from that file (into a temporary copy of the script's folder layout).
     section = report.markdown_section(results)
     assert "| op | shape | baseline |" in section and results["settings"]["command"] in section
+    assert "Op backends on cpu: `topk_gating` kernel" in section and "Load average (1 min)" in section
+    assert "| layer | shape | variant |" in section
 
 
 def test_make_results_script(tmp_path):

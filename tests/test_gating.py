@@ -5,7 +5,7 @@ opcheck, torch.compile(fullgraph=True), bitwise determinism and bad input.
 """
 import pytest
 import torch
-from _helpers import assert_close_to_reference
+from _helpers import assert_bitwise_deterministic, assert_close_to_reference
 from conftest import FLOAT_DTYPES
 
 from pesc_kernels import ops, reference
@@ -217,19 +217,7 @@ def _run_all(logits, mask, k):
 def test_bitwise_deterministic(device, dtype):
     logits = make_logits(9000, 64, dtype, device, seed=3)
     mask = torch.rand(9000, device=device) > 0.1
-    first = _run_all(logits, mask, 4)
-    second = _run_all(logits, mask, 4)
-    for a, b in zip(first, second):
-        assert torch.equal(a, b)
-    if device.type == "cpu":  # independent of the number of threads, too
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            single = _run_all(logits, mask, 4)
-        finally:
-            torch.set_num_threads(threads)
-        for a, b in zip(first, single):
-            assert torch.equal(a, b)
+    assert_bitwise_deterministic(lambda: _run_all(logits, mask, 4), device)
 
 
 def test_bad_input_errors(device):

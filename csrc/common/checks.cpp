@@ -45,6 +45,12 @@ void check_size(const char* op, const at::Tensor& t, int64_t dim, int64_t expect
                     "), got shape ", shape_string(t));
 }
 
+void check_same_dtype(const char* op, const at::Tensor& t, const char* arg, const at::Tensor& like,
+                      const char* like_arg) {
+  TORCH_CHECK_TYPE(t.scalar_type() == like.scalar_type(), op, ": ", arg, " must have the dtype of ", like_arg, " (",
+                   like.scalar_type(), "), got ", t.scalar_type());
+}
+
 void check_expert_ids_cpu(const char* op, const at::Tensor& ids, int64_t num_experts, const char* arg) {
   const at::Tensor flat = ids.contiguous();
   const int32_t* data = flat.data_ptr<int32_t>();

@@ -5,9 +5,19 @@ the frozen dense FFN and adds a small rank-r adapter, and a top-k router picks e
 
 - :mod:`pesc_kernels.ops`: the custom ops (``torch.ops.pesc.*``), CPU and CUDA.
 - :mod:`pesc_kernels.reference`: pure-PyTorch versions of every op (oracle, baseline, fallback).
+- :class:`PESCConfig`, :class:`PESCMoE`, :func:`craft`, :func:`router_losses`,
+  :func:`save_pesc` / :func:`load_pesc`: the model layer for Hugging Face causal LMs.
 """
 from . import ops, reference
 from ._library import build_info
 from ._version import __version__
+from .checkpoint import load_pesc, save_pesc
+from .config import PESCConfig
+from .crafting import craft, pesc_parameters, router_losses, trainable_parameter_summary
+from .layer import PESCMoE
 
-__all__ = ["ops", "reference", "build_info", "__version__"]
+__all__ = [
+    "ops", "reference", "build_info", "__version__",
+    "PESCConfig", "PESCMoE", "craft", "trainable_parameter_summary", "router_losses", "pesc_parameters",
+    "save_pesc", "load_pesc",
+]

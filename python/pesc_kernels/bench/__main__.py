@@ -18,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from . import cases_for, report
-from .machine import cuda_calibration, machine_info
+from .machine import cuda_calibration, load_average, machine_info
 from .runner import SIZE_BUDGETS, measure_case
 
 
@@ -50,6 +50,7 @@ def run(args) -> dict:
         "schema": report.SCHEMA,
         "machine": machine_info(device),
         "settings": {"device": device.type, "dtype": str(dtype).replace("torch.", ""), "size": args.size,
+                     "families": families,
                      "command": "pesc-bench " + " ".join(args.argv)},
         "calibration": cuda_calibration(device, dtype) if device.type == "cuda" else None,
         "cases": [],
@@ -59,6 +60,7 @@ def run(args) -> dict:
         if results["calibration"] and result.get("achieved_GBps"):
             result["bandwidth_fraction"] = result["achieved_GBps"] / results["calibration"]["copy_bandwidth_GBps"]
         results["cases"].append(result)
+    results["machine"]["load_average_end"] = load_average()
     return results
 
 

@@ -44,7 +44,7 @@ def register(factory: Callable[[], list[Case]]) -> Callable[[], list[Case]]:
 
 
 def cases_for(family: str | None = None, size: str = "full") -> list[Case]:
-    from . import gating  # noqa: F401  (modules register their case factories on import)
+    from . import adapter, gating, layer, permute  # noqa: F401  (modules register their case factories on import)
 
     found = [case for factory in _REGISTRY for case in factory()]
     return [c for c in found if (family is None or c.family == family) and size in c.sizes]

@@ -27,6 +27,22 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def op_backends(device: torch.device) -> dict[str, str]:
+    """Which implementation each public op runs on ``device``: "kernel" (compiled) or "reference"."""
+    from .. import ops
+
+    return {op: "kernel" if _library.has_kernel(op, device.type) else "reference"
+            for op in ops.__all__ if callable(getattr(ops, op))}
+
+
+def load_average() -> list[float] | None:
+    """The 1-, 5- and 15-minute load averages (None where the OS does not report them)."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
 def machine_info(device: torch.device) -> dict:
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -38,6 +54,8 @@ def machine_info(device: torch.device) -> dict:
         "torch": torch.__version__,
         "pesc_kernels": __version__,
         "build": _library.build_info(),
+        "op_backends": op_backends(device),
+        "load_average": load_average(),  # other work on the machine skews timings; recorded with them
     }
 
 

@@ -33,11 +33,7 @@ def op_rows(results: dict) -> list[list[str]]:
             spread = f"{ours['p25_ms']:.3g}-{ours['p75_ms']:.3g}"
             row = [case["name"], case["shape"], label, f"{stats['median_ms']:.3f}", f"{ours['median_ms']:.3f}",
                    spread, f"{stats['pesc_speedup']:.2f}x"]
-            if results.get("calibration") and case.get("bandwidth_fraction") is not None:
-                row.append(f"{case['achieved_GBps']:.0f} GB/s ({case['bandwidth_fraction']:.2f})")
-            elif results.get("calibration"):
-                row.append(f"{case.get('achieved_GFLOPs', 0):.0f} GFLOP/s" if case.get("achieved_GFLOPs") else "")
-            rows.append(row)
+            rows.append(row + [_achieved(results, case)])
     return rows
 
 
@@ -60,8 +56,19 @@ OP_HEADER = ["op", "shape", "baseline", "baseline ms", "pesc ms", "pesc p25-p75"
 LAYER_HEADER = ["layer", "shape", "variant", "dense FFN ms", "variant ms", "overhead ratio", "peak-mem ratio"]
 
 
+def _achieved(results: dict, case: dict) -> str:
+    """What pesc achieved: bandwidth as a fraction of the measured copy bandwidth (GPU), GFLOP/s."""
+    parts = []
+    if results.get("calibration") and case.get("bandwidth_fraction") is not None:
+        parts.append(f"{case['achieved_GBps']:.0f} GB/s ({case['bandwidth_fraction']:.2f})")
+    if case.get("achieved_GFLOPs"):
+        parts.append(f"{case['achieved_GFLOPs']:.0f} GFLOP/s")
+    return "; ".join(parts)
+
+
 def _op_header(results):
-    return OP_HEADER + (["achieved (fraction of copy bw)"] if results.get("calibration") else [])
+    return OP_HEADER + ["achieved by pesc (GB/s: fraction of copy bw)" if results.get("calibration") else
+                        "achieved by pesc"]
 
 
 def format_text_table(header, rows) -> str:
@@ -99,10 +106,18 @@ def text_report(results: dict) -> str:
 def markdown_section(results: dict) -> str:
     m, s = results["machine"], results["settings"]
     where = m["gpu"] or m["cpu"]
-    lines = [f"### {s['device'].upper()} {s['dtype']} ({s['size']} size set), {m['date'][:10]}", "",
+    families = f"; {', '.join(s['families'])} only" if s.get("families") else ""
+    lines = [f"### {s['device'].upper()} {s['dtype']} ({s['size']} size set{families}), {m['date'][:10]}", "",
              f"Machine: {where}; {m['cpu_count']} CPUs, {m['torch_threads']} torch threads; torch {m['torch']}; "
              f"pesc_kernels {m['pesc_kernels']} (CUDA kernels compiled: {m['build'].get('cuda_compiled')}).", "",
              f"Command: `{s['command']}`", ""]
+    if m.get("load_average"):
+        end = m.get("load_average_end")
+        lines += [f"Load average (1 min) at the start of the run: {m['load_average'][0]:g}"
+                  + (f", at the end: {end[0]:g}" if end else "") + f" (on {m['cpu_count']} CPUs).", ""]
+    if m.get("op_backends"):  # the layer uses whichever ops have kernels; the rest run the reference
+        lines += ["Op backends on " + s["device"] + ": " + ", ".join(f"`{op}` {kind}" for op, kind in
+                                                                  m["op_backends"].items()) + ".", ""]
     if results.get("calibration"):
         c = results["calibration"]
         lines += [f"Calibration in the same run: device-to-device copy {c['copy_bandwidth_GBps']:.0f} GB/s "

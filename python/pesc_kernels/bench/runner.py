@@ -77,7 +77,8 @@ def measure_case(case: Case, device: torch.device, dtype: torch.dtype, budget: B
     if device.type == "cuda" and run.bytes_moved and run.bytes_moved < L2_BYTES_GUESS:
         extra = min(7, -(-2 * L2_BYTES_GUESS // run.bytes_moved) - 1)
         copies += [case.build(device, dtype) for _ in range(extra)]
-    labels = list(case.candidates)
+    # A candidate a case cannot build for this device/dtype (e.g. a torch op this build lacks) is left out.
+    labels = [label for label in case.candidates if label in run.candidates]
     timer = _Timer(device)
     for copy in copies:
         for label in labels:

@@ -15,7 +15,7 @@ def permute(x: torch.Tensor, indices: torch.Tensor, num_experts: int):
     T, k = indices.shape
     flat = indices.reshape(-1).long()
     if flat.numel() and (flat.min() < 0 or flat.max() >= num_experts):  # host sync: reference only
-        raise ValueError(f"indices must lie in [0, {num_experts}), got values in [{flat.min()}, {flat.max()}]")
+        raise IndexError(f"indices must lie in [0, {num_experts}), got values in [{flat.min()}, {flat.max()}]")
     order = torch.sort(flat, stable=True).indices  # routed slot (t*k + j) of each permuted row
     x_perm = x.index_select(0, order // k)
     row_map = torch.empty_like(order)

@@ -1,0 +1,356 @@
+"""Grouped GEMMs on expert segments (grouped_mm, adapter) against the reference loop, on every device.
+
+Covers values and all gradients over odd segmentations (empty experts, one expert holding every row,
+N = 0, E = 64 with N = 50, segments straddling 64-row tiles), d not a multiple of 8, ranks 1 to
+1024 (both CUDA adapter paths: fused for r <= 128, two-pass above), every activation, all dtypes,
+opcheck on every op including the backward ops, torch.compile(fullgraph=True), bitwise
+determinism, partial gradients (output_mask) and bad input.
+"""
+import pytest
+import torch
+from _helpers import assert_bitwise_deterministic, assert_close_to_reference, call_cpu_kernel
+from conftest import FLOAT_DTYPES
+
+from pesc_kernels import ops, reference
+
+# name -> (rows per expert, d): the segmentations every op is checked on.
+SEGMENTS = {
+    "E1": ([37], 27),
+    "empty_experts": ([0, 65, 0, 0, 130, 1, 0], 72),
+    "one_expert_all_rows": ([0, 0, 200, 0], 40),
+    "N0": ([0, 0, 0], 16),
+    "E64_N50": (torch.bincount(torch.randint(0, 64, (50,), generator=torch.Generator().manual_seed(5)),
+                               minlength=64).tolist(), 100),
+    "tile_straddle": ([63, 64, 65, 1, 127], 130),
+}
+ACTIVATION_NAMES = ["gelu", "gelu_tanh", "silu", "relu", "identity"]
+
+
+def offsets_of(counts, device):
+    return torch.tensor([0] + torch.tensor(counts).cumsum(0).tolist(), dtype=torch.int64, device=device)
+
+
+def make(shape, dtype, device, gen, scale=1.0):
+    return (scale * torch.randn(*shape, generator=gen, dtype=torch.float64)).to(dtype).to(device)
+
+
+def value_and_grads(fn, inputs, upstream):
+    """fn(*inputs) and the gradients of sum(out * upstream) w.r.t. every input (zeros where unused)."""
+    leaves = [t.detach().clone().requires_grad_(True) for t in inputs]
+    out = fn(*leaves)
+    loss = (out.double() * upstream).sum()
+    grads = torch.autograd.grad(loss, leaves, allow_unused=True) if loss.requires_grad else [None] * len(leaves)
+    return out.detach(), [torch.zeros_like(t) if g is None else g for t, g in zip(leaves, grads)]
+
+
+def check_against_reference(ours, ref, inputs, upstream, case):
+    """Values and gradients of `ours` vs `ref` in the inputs' dtype and vs `ref` in float64."""
+    out, grads = value_and_grads(ours, inputs, upstream)
+    out_ref, grads_ref = value_and_grads(ref, inputs, upstream)
+    out64, grads64 = value_and_grads(ref, [t.double() for t in inputs], upstream)
+    assert out.dtype == inputs[0].dtype and out.device == inputs[0].device, case
+    assert_close_to_reference(out, out_ref, out64, name="value " + case)
+    for i, (g, g_ref, g64) in enumerate(zip(grads, grads_ref, grads64)):
+        assert g.dtype == inputs[i].dtype, case
+        assert_close_to_reference(g, g_ref, g64, name=f"grad of input {i} " + case)
+
+
+def adapter_inputs(counts, d, r, dtype, device, seed=0):
+    gen = torch.Generator().manual_seed(seed + 31 * r + d)
+    N, E = sum(counts), len(counts)
+    x = make((N, d), dtype, device, gen)
+    w_down = make((E, d, r), dtype, device, gen, d ** -0.5)
+    w_up = make((E, r, d), dtype, device, gen, r ** -0.5)
+    upstream = torch.randn(N, d, generator=gen, dtype=torch.float64).to(device)
+    return x, w_down, w_up, offsets_of(counts, device), upstream
+
+
+def check_adapter(counts, d, r, dtype, device, activation, scaling, seed=0):
+    x, w_down, w_up, offsets, upstream = adapter_inputs(counts, d, r, dtype, device, seed)
+    case = f"counts={counts} d={d} r={r} {activation} scaling={scaling} {dtype}"
+    check_against_reference(
+        lambda a, b, c: ops.adapter(a, b, c, offsets, activation, scaling),
+        lambda a, b, c: reference.adapter(a, b, c, offsets, activation, scaling),
+        [x, w_down, w_up], upstream, case)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+@pytest.mark.parametrize("segments", SEGMENTS, ids=str)
+def test_grouped_mm_matches_reference(segments, dtype, device):
+    counts, K = SEGMENTS[segments]
+    for M in (1, 24, 77):
+        gen = torch.Generator().manual_seed(M)
+        N, E = sum(counts), len(counts)
+        x = make((N, K), dtype, device, gen)
+        w = make((E, K, M), dtype, device, gen, K ** -0.5)
+        offsets = offsets_of(counts, device)
+        upstream = torch.randn(N, M, generator=gen, dtype=torch.float64).to(device)
+        check_against_reference(lambda a, b: ops.grouped_mm(a, b, offsets),
+                                lambda a, b: reference.grouped_mm(a, b, offsets),
+                                [x, w], upstream, f"{segments} K={K} M={M} {dtype}")
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+@pytest.mark.parametrize("segments", SEGMENTS, ids=str)
+def test_adapter_segments_match_reference(segments, dtype, device):
+    counts, d = SEGMENTS[segments]
+    for r in (1, 16, 64, 130):
+        check_adapter(counts, d, r, dtype, device, "gelu", 0.5)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+@pytest.mark.parametrize("r", [1, 2, 8, 17, 32, 63, 64, 100, 128, 129, 256, 512, 1024])
+def test_adapter_ranks_match_reference(r, dtype, device):
+    check_adapter([70, 0, 131, 30], 72, r, dtype, device, "gelu", 0.25)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+@pytest.mark.parametrize("activation", ACTIVATION_NAMES)
+def test_adapter_activations_match_reference(activation, dtype, device):
+    for r, scaling in ((24, 1.0), (24, 0.25), (200, 2.0)):
+        check_adapter([90, 3, 0, 66], 40, r, dtype, device, activation, scaling)
+
+
+def test_activations_match_the_compiled_list():
+    assert ops.ACTIVATIONS == tuple(ACTIVATION_NAMES)
+    x, w_down, w_up, offsets, _ = adapter_inputs([3, 2], 8, 4, torch.float32, "cpu")
+    with pytest.raises(ValueError, match="unknown activation 'swish'; valid: " + ", ".join(ACTIVATION_NAMES) + "$"):
+        ops.adapter(x, w_down, w_up, offsets, "swish")
+
+
+def test_activation_edge_values(device):
+    """Large, tiny and zero pre-activations behave as the torch activations do."""
+    h = torch.tensor([[-100.0, -20.0, -1e-3, -0.0, 0.0, 1e-3, 20.0, 100.0]], device=device)
+    d = h.shape[1]
+    x = torch.eye(d, device=device)[:1]  # h = x @ w_down = w_down[0, 0]
+    w_down = torch.zeros(1, d, d, device=device)
+    w_down[0, 0] = h[0]
+    w_up = torch.eye(d, device=device)[None]
+    offsets = torch.tensor([0, 1], device=device)
+    for activation in ACTIVATION_NAMES:
+        ours = ops.adapter(x, w_down, w_up, offsets, activation)
+        expected = reference.ACTIVATIONS[activation](h)
+        torch.testing.assert_close(ours, expected, equal_nan=True, msg=activation)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+def test_partial_gradients(dtype, device):
+    """Only the gradients autograd asks for are computed (output_mask), and they are unchanged."""
+    counts, d, r = [40, 0, 77], 48, 24
+    x, w_down, w_up, offsets, upstream = adapter_inputs(counts, d, r, dtype, device)
+    full = torch.ops.pesc.adapter_backward(upstream.to(dtype), x, w_down, w_up, offsets,
+                                           torch.ops.pesc.adapter(x, w_down, w_up, offsets)[1], "gelu", 1.0,
+                                           [True, True, True])
+    for mask in ([True, False, False], [False, True, False], [False, False, True], [False, True, True]):
+        leaves = [t.detach().clone().requires_grad_(m) for t, m in zip((x, w_down, w_up), mask)]
+        ops.adapter(*leaves, offsets).backward(upstream.to(dtype))
+        for leaf, m, g in zip(leaves, mask, full):
+            assert (leaf.grad is not None) == m
+            if m:
+                assert torch.equal(leaf.grad, g), mask
+    h = torch.ops.pesc.adapter(x, w_down, w_up, offsets)[1]
+    masked = torch.ops.pesc.adapter_backward(upstream.to(dtype), x, w_down, w_up, offsets, h, "gelu", 1.0,
+                                             [False, True, False])
+    assert masked[0].shape == (0,) and masked[2].shape == (0,) and torch.equal(masked[1], full[1])
+    w = torch.randn(3, d, 5, device=device, dtype=dtype)
+    gx, gw = torch.ops.pesc.grouped_mm_backward(torch.ones(sum(counts), 5, device=device, dtype=dtype), x, w,
+                                                offsets, [True, False])
+    assert gx.shape == x.shape and gw.shape == (0,)
+
+
+def test_adapter_returns_pre_activation(device):
+    x, w_down, w_up, offsets, _ = adapter_inputs([5, 0, 9], 16, 8, torch.float32, device)
+    y, h = torch.ops.pesc.adapter(x.requires_grad_(), w_down, w_up, offsets, "silu", 0.5)
+    torch.testing.assert_close(h, reference.grouped_mm(x.detach(), w_down, offsets))
+    assert y.requires_grad and not h.requires_grad
+
+
+def test_non_contiguous_inputs(device):
+    counts, d, r = [33, 0, 20], 24, 8
+    x, w_down, w_up, offsets, upstream = adapter_inputs(counts, d, r, torch.float32, device)
+    x_t = x.t().contiguous().t()
+    w_down_t = w_down.transpose(1, 2).contiguous().transpose(1, 2)
+    w_up_t = w_up.transpose(1, 2).contiguous().transpose(1, 2)
+    assert not (x_t.is_contiguous() or w_down_t.is_contiguous() or w_up_t.is_contiguous())
+    assert torch.equal(ops.adapter(x_t, w_down_t, w_up_t, offsets), ops.adapter(x, w_down, w_up, offsets))
+    assert torch.equal(ops.grouped_mm(x_t, w_down_t, offsets), ops.grouped_mm(x, w_down, offsets))
+    # A zero-stride upstream gradient (from .sum()) works too.
+    for fn in (lambda a: ops.adapter(a, w_down, w_up, offsets), lambda a: ops.grouped_mm(a, w_down, offsets)):
+        leaf = x.clone().requires_grad_(True)
+        fn(leaf).sum().backward()
+        expected = x.clone().requires_grad_(True)
+        fn(expected).backward(torch.ones_like(fn(x)))
+        assert torch.equal(leaf.grad, expected.grad)
+
+
+def _opcheck_inputs(device):
+    counts, d, r = [9, 0, 20, 1], 24, 12
+    for dtype in FLOAT_DTYPES:
+        x, w_down, w_up, offsets, upstream = adapter_inputs(counts, d, r, dtype, device)
+        yield x, w_down, w_up, offsets, upstream.to(dtype)
+
+
+def test_opcheck(device):
+    for x, w_down, w_up, offsets, grad_y in _opcheck_inputs(device):
+        leaves = [t.clone().requires_grad_(True) for t in (x, w_down, w_up)]
+        torch.library.opcheck(torch.ops.pesc.grouped_mm, (leaves[0], leaves[1], offsets))
+        torch.library.opcheck(torch.ops.pesc.grouped_mm, (x, leaves[1], offsets))
+        grad_h = torch.randn(x.shape[0], w_down.shape[2], device=device, dtype=x.dtype)
+        for mask in ([True, True], [True, False], [False, True]):
+            torch.library.opcheck(torch.ops.pesc.grouped_mm_backward, (grad_h, x, w_down, offsets, mask))
+        for activation, scaling in (("gelu", 1.0), ("relu", 0.5), ("identity", 1.0)):
+            torch.library.opcheck(torch.ops.pesc.adapter, (*leaves, offsets, activation, scaling))
+            h = torch.ops.pesc.adapter(x, w_down, w_up, offsets, activation, scaling)[1]
+            for mask in ([True, True, True], [False, True, True], [True, False, False]):
+                torch.library.opcheck(torch.ops.pesc.adapter_backward,
+                                      (grad_y, x, w_down, w_up, offsets, h, activation, scaling, mask))
+
+
+def test_torch_compile_fullgraph(device):
+    torch._dynamo.reset()
+    counts, d, r = [50, 0, 31, 47], 32, 16
+    x, w_down, w_up, offsets, upstream = adapter_inputs(counts, d, r, torch.float32, device)
+    w = torch.randn(len(counts), d, 8, device=device)
+
+    def step(x, w_down, w_up, w):
+        y = ops.adapter(x, w_down, w_up, offsets, "gelu", 0.5)
+        return (ops.grouped_mm(x + y, w, offsets) * upstream[:, :8]).sum()
+
+    compiled = torch.compile(step, fullgraph=True)
+    results = []
+    for fn in (step, compiled):
+        leaves = [t.clone().requires_grad_(True) for t in (x, w_down, w_up, w)]
+        loss = fn(*leaves)
+        loss.backward()
+        results.append([loss.detach()] + [t.grad for t in leaves])
+    for eager, comp in zip(*results):
+        torch.testing.assert_close(eager, comp)
+
+
+def _run_all(x, w_down, w_up, w, offsets, upstream):
+    leaves = [t.clone().requires_grad_(True) for t in (x, w_down, w_up, w)]
+    y = ops.adapter(leaves[0], leaves[1], leaves[2], offsets, "gelu", 0.5)
+    z = ops.grouped_mm(leaves[0], leaves[3], offsets)
+    ((y * upstream).sum() + z.float().pow(2).sum()).backward()
+    return [y, z] + [t.grad for t in leaves]
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+def test_bitwise_deterministic(device, dtype):
+    counts = torch.bincount(torch.randint(0, 8, (3000,), generator=torch.Generator().manual_seed(1)),
+                            minlength=8).tolist()
+    x, w_down, w_up, offsets, upstream = adapter_inputs(counts, 160, 64, dtype, device)
+    w = torch.randn(8, 160, 48, device=device, dtype=dtype)
+    upstream = upstream.to(dtype)
+    assert_bitwise_deterministic(lambda: _run_all(x, w_down, w_up, w, offsets, upstream), device)
+
+
+def test_bad_input_errors(device):
+    x = torch.randn(10, 8, device=device)
+    w = torch.randn(3, 8, 5, device=device)
+    w_down = torch.randn(3, 8, 4, device=device)
+    w_up = torch.randn(3, 4, 8, device=device)
+    offs = torch.tensor([0, 4, 4, 10], device=device)
+    gmm, adp = ops.grouped_mm, ops.adapter
+    cases = [
+        (lambda: gmm(x[0], w, offs), ValueError, "pesc.grouped_mm: x must be a 2-D tensor"),
+        (lambda: gmm(x.int(), w, offs), TypeError, "x must be float32, float16 or bfloat16"),
+        (lambda: gmm(x.double(), w.double(), offs), TypeError, "x must be float32, float16 or bfloat16"),
+        (lambda: gmm(x, w[0], offs), ValueError, r"w must be a 3-D tensor \[E, K, M\]"),
+        (lambda: gmm(x, w.half(), offs), TypeError, r"w must have the dtype of x \(Float\), got Half"),
+        (lambda: gmm(x, w[:, :7], offs), ValueError, r"w.shape\[1\] must equal x.shape\[1\] \(K\) \(8\)"),
+        (lambda: gmm(x, w[:0], offs[:1]), ValueError, r"w.shape\[0\] \(number of experts E\) must be >= 1"),
+        (lambda: gmm(x, w, offs.int()), TypeError, "expert_offsets must be Long, got Int"),
+        (lambda: gmm(x, w, offs[None]), ValueError, r"expert_offsets must be a 1-D tensor \[E\+1\]"),
+        (lambda: gmm(x, w, offs[:3]), ValueError,
+         r"expert_offsets.shape\[0\] must equal the number of experts E plus 1 \(4\)"),
+        (lambda: adp(x, w_down, w_up, offs, "tanh"), ValueError, "pesc.adapter: unknown activation 'tanh'; valid:"),
+        (lambda: adp(x, w_down[:, :6], w_up, offs), ValueError, r"w_down.shape\[1\] must equal x.shape\[1\] \(d\)"),
+        (lambda: adp(x, w_down, w_up[:, :3], offs), ValueError, r"w_up.shape\[1\] must equal w_down.shape\[2\] \(r\)"),
+        (lambda: adp(x, w_down, w_up[:, :, :7], offs), ValueError, r"w_up.shape\[2\] must equal x.shape\[1\] \(d\)"),
+        (lambda: adp(x, w_down, w_up[:2], offs), ValueError, r"w_up.shape\[0\] must equal w_down.shape\[0\] \(E\)"),
+        (lambda: adp(x, w_down[:, :, :0], w_up[:, :0], offs), ValueError, "adapter rank r\\) must be >= 1"),
+        (lambda: adp(x, w_down, w_up.bfloat16(), offs), TypeError, "w_up must have the dtype of x"),
+        (lambda: adp(x, w_down, w_up, offs[:2]), ValueError, r"expert_offsets.shape\[0\] must equal"),
+        (lambda: torch.ops.pesc.adapter_backward(x[:9], x, w_down, w_up, offs, x[:, :4], "gelu", 1.0, [True] * 3),
+         ValueError, r"pesc.adapter_backward: grad_y.shape\[0\] must equal the number of rows N of x"),
+        (lambda: torch.ops.pesc.adapter_backward(x, x, w_down, w_up, offs, x[:, :3], "gelu", 1.0, [True] * 3),
+         ValueError, r"h.shape\[1\] must equal w_down.shape\[2\] \(r\)"),
+        (lambda: torch.ops.pesc.grouped_mm_backward(x[:, :4], x, w, offs, [True, True]), ValueError,
+         r"pesc.grouped_mm_backward: grad_y.shape\[1\] must equal w.shape\[2\] \(M\)"),
+    ]
+    if device.type == "cpu":  # the values of the offsets are read on the CPU only (no host sync on CUDA)
+        cases += [
+            (lambda: gmm(x, w, torch.tensor([1, 4, 4, 10])), ValueError, r"expert_offsets\[0\] must be 0, got 1"),
+            (lambda: adp(x, w_down, w_up, torch.tensor([0, 5, 3, 10])), ValueError,
+             r"expert_offsets must be non-decreasing, got expert_offsets\[1\]=5 > expert_offsets\[2\]=3"),
+            (lambda: gmm(x, w, torch.tensor([0, 4, 4, 9])), ValueError,
+             r"expert_offsets\[E=3\] must equal the number of rows N=10 of x, got 9"),
+        ]
+    for fn, error, pattern in cases:
+        with pytest.raises(error, match=pattern):
+            fn()
+
+
+def test_mixed_devices_error():
+    x, w, offs = torch.randn(10, 8), torch.randn(3, 8, 5), torch.tensor([0, 4, 4, 10])
+    with pytest.raises(ValueError, match="expert_offsets is on meta but x is on cpu"):
+        call_cpu_kernel(torch.ops.pesc.grouped_mm, x, w, offs.to("meta"))
+    with pytest.raises(ValueError, match="w_up is on meta but x is on cpu"):
+        call_cpu_kernel(torch.ops.pesc.adapter, x, torch.randn(3, 8, 4), torch.randn(3, 4, 8, device="meta"), offs,
+                        "gelu", 1.0)
+    if torch.cuda.is_available():
+        with pytest.raises(ValueError, match="all tensors must be on the same device"):
+            ops.grouped_mm(x.cuda(), w.cuda(), offs)
+        with pytest.raises(ValueError, match="all tensors must be on the same device"):
+            ops.adapter(x.cuda(), torch.randn(3, 8, 4), torch.randn(3, 4, 8).cuda(), offs.cuda())
+
+
+# CUDA-only behaviour (offset clamping, TF32): collected only where a GPU is visible, like the
+# CUDA cases of the device-parametrized tests.
+if torch.cuda.is_available():
+
+    def test_cuda_invalid_offsets_are_clamped():
+        """CUDA cannot check offsets without a host sync: it clamps them (documented) and stays in bounds.
+
+        c[0] = 0, c[e] = min(N, max(0, offsets[0..e])) for 0 < e < E, c[E] = N.
+        """
+        N, d, r = 40, 16, 8
+        x = torch.randn(N, d, device="cuda")
+        w_down, w_up = torch.randn(4, d, r, device="cuda"), torch.randn(4, r, d, device="cuda")
+        for bad, clamped in (([3, 10, 5, 50, 38], [0, 10, 10, 40, 40]), ([-4, -2, 20, 20, 7], [0, 0, 20, 20, 40])):
+            offsets = torch.tensor(bad, device="cuda")
+            expected = reference.adapter(x, w_down, w_up, torch.tensor(clamped, device="cuda"))
+            torch.testing.assert_close(ops.adapter(x, w_down, w_up, offsets), expected)
+            torch.testing.assert_close(ops.grouped_mm(x, w_down, offsets),
+                                       reference.grouped_mm(x, w_down, torch.tensor(clamped, device="cuda")))
+            torch.cuda.synchronize()
+
+
+    def test_cuda_tf32_only_when_allowed():
+        counts, d, r = [300, 0, 257], 512, 64
+        x, w_down, w_up, offsets, _ = adapter_inputs(counts, d, r, torch.float32, "cuda")
+        expected = reference.adapter(x.double(), w_down.double(), w_up.double(), offsets)
+        previous = torch.backends.cuda.matmul.allow_tf32
+        try:
+            torch.backends.cuda.matmul.allow_tf32 = False
+            exact = ops.adapter(x, w_down, w_up, offsets)
+            torch.backends.cuda.matmul.allow_tf32 = True
+            tf32 = ops.adapter(x, w_down, w_up, offsets)
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = previous
+        scale = expected.abs().max().item()
+        assert (exact.double() - expected).abs().max().item() <= 1e-5 * scale
+        assert (tf32.double() - expected).abs().max().item() <= 1e-2 * scale
+
+
+def test_reference_fallback(monkeypatch):
+    """Without a kernel for the device the wrappers return the reference's result (y only)."""
+    from pesc_kernels import _library
+
+    x, w_down, w_up, offsets, _ = adapter_inputs([4, 0, 6], 8, 4, torch.float32, "cpu")
+    monkeypatch.setattr(_library, "has_kernel", lambda op, device_type: False)
+    monkeypatch.setattr(_library, "_warned_devices", {"cpu"})
+    assert torch.equal(ops.adapter(x, w_down, w_up, offsets, "silu", 0.5),
+                       reference.adapter(x, w_down, w_up, offsets, "silu", 0.5))
+    assert torch.equal(ops.grouped_mm(x, w_down, offsets), reference.grouped_mm(x, w_down, offsets))

@@ -1,0 +1,343 @@
+"""Permutation ops (permute, unpermute) against the reference, on every device.
+
+Covers values and gradients over odd shapes (T = 0 and 1, d = 1 and not a multiple of 8, E = 1 and
+1024, k up to E and beyond, experts with no rows) and all dtypes, the stable (t, j) order, the
+round trip, opcheck of every op including the backward op, torch.compile(fullgraph=True) of
+gating -> permute -> unpermute with backward, bitwise determinism, unaligned rows, invalid expert
+ids and row maps, and bad input.
+"""
+import pytest
+import torch
+from _helpers import assert_bitwise_deterministic, assert_close_to_reference, call_cpu_kernel
+from conftest import FLOAT_DTYPES
+
+from pesc_kernels import ops, reference
+
+# (T, d, E, k): T = 0 and 1, d = 1 and odd widths next to the 16-byte vector widths, E = 1 and 1024,
+# k = E, k > E (repeated ids in a row), and many experts left empty (E = 1024 with few tokens).
+SHAPES = [
+    (0, 8, 4, 2),
+    (1, 1, 1, 1),
+    (1, 16, 1024, 8),
+    (7, 13, 3, 3),
+    (9, 8, 2, 4),
+    (33, 1, 8, 2),
+    (64, 24, 1, 1),
+    (100, 40, 1024, 4),
+    (257, 100, 60, 8),
+    (513, 64, 8, 2),
+    (300, 257, 16, 5),
+]
+SHAPE_IDS = [f"T{T}-d{d}-E{E}-k{k}" for T, d, E, k in SHAPES]
+
+
+def make_indices(T, E, k, device, seed=0):
+    """Distinct ids per row (as top-k gives) when k <= E, else ids drawn with repetition."""
+    gen = torch.Generator().manual_seed(seed + 31 * T + E)
+    if k <= E:
+        ids = torch.rand(T, E, generator=gen).argsort(dim=1)[:, :k]
+    else:
+        ids = torch.randint(0, E, (T, k), generator=gen)
+    return ids.to(torch.int32).to(device)
+
+
+def make_rows(rows, d, dtype, device, seed=0):
+    gen = torch.Generator().manual_seed(seed + 7919 * rows + d)
+    return torch.randn(rows, d, generator=gen).to(dtype).to(device)
+
+
+def permute_and_grad(fn, x, indices, E, upstream):
+    leaf = x.detach().clone().requires_grad_(True)
+    x_perm, row_map, offsets = fn(leaf, indices, E)
+    (grad,) = torch.autograd.grad((x_perm.double() * upstream).sum(), leaf)
+    return x_perm.detach(), row_map, offsets, grad
+
+
+def unpermute_and_grads(fn, y_perm, row_map, weights, residual, upstream):
+    leaves = [t.detach().clone().requires_grad_(True) if t is not None else None for t in (y_perm, weights, residual)]
+    y = fn(leaves[0], row_map, leaves[1], leaves[2])
+    grads = torch.autograd.grad((y.double() * upstream).sum(), [t for t in leaves if t is not None])
+    return y.detach(), grads
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+@pytest.mark.parametrize("T,d,E,k", SHAPES, ids=SHAPE_IDS)
+def test_permute_matches_reference(T, d, E, k, dtype, device):
+    x = make_rows(T, d, dtype, device)
+    indices = make_indices(T, E, k, device)
+    upstream = torch.randn(T * k, d, dtype=torch.float64, device=device)
+    x_perm, row_map, offsets, grad = permute_and_grad(ops.permute, x, indices, E, upstream)
+    x_ref, row_map_ref, offsets_ref, grad_ref = permute_and_grad(reference.permute, x, indices, E, upstream)
+    _, _, _, grad64 = permute_and_grad(reference.permute, x.double(), indices, E, upstream)
+    case = f"T={T} d={d} E={E} k={k} {dtype}"
+    assert x_perm.dtype == dtype and row_map.dtype == torch.int32 and offsets.dtype == torch.int64, case
+    assert x_perm.shape == (T * k, d) and row_map.shape == (T, k) and offsets.shape == (E + 1,), case
+    # A permutation moves rows bit for bit, and the stable order is unique.
+    assert torch.equal(x_perm, x_ref), case
+    assert torch.equal(row_map, row_map_ref), case
+    assert torch.equal(offsets, offsets_ref), case
+    assert grad.dtype == dtype, case
+    assert_close_to_reference(grad, grad_ref, grad64, name="grad_x " + case)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+@pytest.mark.parametrize("T,d,E,k", SHAPES, ids=SHAPE_IDS)
+def test_unpermute_matches_reference(T, d, E, k, dtype, device):
+    _, row_map, _ = reference.permute(torch.empty(T, 0, device=device), make_indices(T, E, k, device), E)
+    y_perm = make_rows(T * k, d, dtype, device, seed=1)
+    weights = torch.rand(T, k, device=device)
+    residual = make_rows(T, d, dtype, device, seed=2)
+    upstream = torch.randn(T, d, dtype=torch.float64, device=device)
+    for w in (None, weights):
+        for r in (None, residual):
+            case = f"T={T} d={d} E={E} k={k} {dtype} weights={w is not None} residual={r is not None}"
+            y, grads = unpermute_and_grads(ops.unpermute, y_perm, row_map, w, r, upstream)
+            y_ref, grads_ref = unpermute_and_grads(reference.unpermute, y_perm, row_map, w, r, upstream)
+            y64, grads64 = unpermute_and_grads(
+                reference.unpermute, y_perm.double(), row_map, None if w is None else w.double(),
+                None if r is None else r.double(), upstream)
+            assert y.dtype == dtype and y.shape == (T, d), case
+            assert_close_to_reference(y, y_ref, y64, name="y " + case)
+            names = ["grad_y_perm", "grad_weights", "grad_residual"]
+            names = [n for n, t in zip(names, (y_perm, w, r)) if t is not None]
+            for name, g, g_ref, g64 in zip(names, grads, grads_ref, grads64):
+                assert g.dtype == (torch.float32 if name == "grad_weights" else dtype), f"{name} {case}"
+                assert_close_to_reference(g, g_ref, g64, name=f"{name} {case}")
+
+
+def test_stable_order_and_offsets(device):
+    indices = torch.tensor([[2, 0], [0, 2], [2, 1], [0, 2]], dtype=torch.int32, device=device)
+    x = torch.arange(4, dtype=torch.float32, device=device)[:, None].expand(4, 3)
+    x_perm, row_map, offsets = ops.permute(x, indices, 5)
+    # Expert 0: (0,1) (1,0) (3,0); expert 1: (2,1); expert 2: (0,0) (1,1) (2,0) (3,1); experts 3, 4: none.
+    assert x_perm[:, 0].tolist() == [0, 1, 3, 2, 0, 1, 2, 3]
+    assert row_map.tolist() == [[4, 0], [1, 5], [6, 3], [2, 7]]
+    assert offsets.tolist() == [0, 3, 4, 8, 8, 8]
+
+
+def test_experts_without_rows(device):
+    T, d, E, k = 50, 12, 8, 2
+    indices = torch.tensor([[2, 5], [5, 2]], dtype=torch.int32, device=device).repeat(T // 2, 1)
+    x = make_rows(T, d, torch.float32, device)
+    x_perm, row_map, offsets = ops.permute(x, indices, E)
+    assert offsets.tolist() == [0, 0, 0, T, T, T, 2 * T, 2 * T, 2 * T]
+    torch.testing.assert_close(ops.unpermute(x_perm, row_map), 2 * x)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+@pytest.mark.parametrize("k", [1, 2, 3, 4])
+def test_round_trip(dtype, k, device):
+    T, d, E = 129, 19, 6
+    x = make_rows(T, d, dtype, device)
+    x_perm, row_map, _ = ops.permute(x, make_indices(T, E, k, device), E)
+    back = ops.unpermute(x_perm, row_map, torch.full((T, k), 1.0 / k, device=device))
+    if k in (1, 2, 4):  # 1/k is a power of two: every step is exact
+        assert torch.equal(back, x)
+    else:
+        torch.testing.assert_close(back, x)
+    # No weights: the k copies plus the residual.
+    torch.testing.assert_close(ops.unpermute(x_perm, row_map, residual=x), (1 + k) * x)
+
+
+def test_unaligned_and_non_contiguous_rows(device):
+    """Rows that are not 16-byte aligned take the element-wise path; results must not change."""
+    T, d, E, k = 40, 16, 8, 2
+    indices = make_indices(T, E, k, device)
+    for dtype in FLOAT_DTYPES:
+        x = make_rows(T, d, dtype, device)
+        shifted = torch.empty(T * d + 1, dtype=dtype, device=device)[1:].view(T, d)  # storage offset of 1
+        shifted.copy_(x)
+        expected = ops.permute(x, indices, E)
+        column_major = (x.t().contiguous().t(), indices.t().contiguous().t())
+        for got in (ops.permute(shifted, indices, E), ops.permute(*column_major, E)):
+            for a, b in zip(got, expected):
+                assert torch.equal(a, b)
+        x_perm, row_map, _ = expected
+        weights = torch.rand(T, k, device=device)
+        y = ops.unpermute(x_perm, row_map, weights, x)
+        y_perm_shifted = torch.empty(T * k * d + 1, dtype=dtype, device=device)[1:].view(T * k, d)
+        y_perm_shifted.copy_(x_perm)
+        assert torch.equal(ops.unpermute(y_perm_shifted, row_map, weights, shifted), y)
+        grad_y = make_rows(T, d, dtype, device, seed=5)
+        expected_bwd = torch.ops.pesc.unpermute_backward(grad_y, row_map, weights, x_perm)
+        got_bwd = torch.ops.pesc.unpermute_backward(grad_y.t().contiguous().t(), row_map, weights, y_perm_shifted)
+        assert torch.equal(got_bwd[0], expected_bwd[0])
+        # The GPU's fp32 dot products split the row differently on the two paths: equal up to rounding.
+        torch.testing.assert_close(got_bwd[1], expected_bwd[1], rtol=1e-5, atol=1e-5)
+
+
+def test_unpermute_backward_outputs(device):
+    """grad_weights is computed only when y_perm is given; without it the op returns an empty placeholder."""
+    T, d, k = 10, 7, 3
+    _, row_map, _ = reference.permute(torch.empty(T, 0, device=device), make_indices(T, 4, k, device), 4)
+    grad_y = make_rows(T, d, torch.float32, device)
+    y_perm = make_rows(T * k, d, torch.float32, device, seed=3)
+    grad_y_perm, grad_w = torch.ops.pesc.unpermute_backward(grad_y, row_map, None, None)
+    assert grad_w.shape == (0,) and grad_w.dtype == torch.float32
+    assert torch.equal(grad_y_perm, ops.permute(grad_y, make_indices(T, 4, k, device), 4)[0])
+    _, grad_w = torch.ops.pesc.unpermute_backward(grad_y, row_map, None, y_perm)
+    expected = (grad_y[:, None, :].double() * y_perm[row_map.long()].double()).sum(-1)
+    torch.testing.assert_close(grad_w.double(), expected, rtol=1e-5, atol=1e-5)
+    # Weights that need no gradient: y_perm is not saved, and grad_y_perm[row_map[t, j]] = w[t, j] * grad_y[t].
+    weights = torch.rand(T, k, device=device)
+    leaf = y_perm.clone().requires_grad_(True)
+    ops.unpermute(leaf, row_map, weights).sum().backward()
+    owner = torch.argsort(row_map.reshape(-1))  # the slot (t, j) that lands on each row
+    torch.testing.assert_close(leaf.grad, weights.reshape(-1)[owner][:, None].expand(-1, d))
+
+
+def _opcheck_inputs(device):
+    T, d, E, k = 23, 12, 6, 3
+    for dtype in FLOAT_DTYPES:
+        x = make_rows(T, d, dtype, device).requires_grad_(True)
+        indices = make_indices(T, E, k, device)
+        yield dtype, x, indices, E, k
+
+
+def test_opcheck(device):
+    for dtype, x, indices, E, k in _opcheck_inputs(device):
+        T, d = x.shape
+        torch.library.opcheck(torch.ops.pesc.permute, (x, indices, E))
+        x_perm, row_map, _ = ops.permute(x.detach(), indices, E)
+        y_perm = x_perm.clone().requires_grad_(True)
+        weights = torch.rand(T, k, device=device, requires_grad=True)
+        residual = make_rows(T, d, dtype, device, seed=4).requires_grad_(True)
+        grad_y = make_rows(T, d, dtype, device, seed=6)
+        for w in (None, weights):
+            for r in (None, residual):
+                torch.library.opcheck(torch.ops.pesc.unpermute, (y_perm, row_map, w, r))
+            for y in (None, x_perm):
+                torch.library.opcheck(torch.ops.pesc.unpermute_backward,
+                                      (grad_y, row_map, None if w is None else w.detach(), y))
+
+
+def test_torch_compile_fullgraph(device):
+    torch._dynamo.reset()
+    T, d, E, k = 48, 20, 8, 2
+    logits = torch.randn(T, E, device=device)
+    x = torch.randn(T, d, device=device)
+    upstream = torch.randn(T, d, device=device)
+
+    def step(router_logits, hidden):
+        weights, indices = ops.topk_gating(router_logits, k)
+        x_perm, row_map, offsets = ops.permute(hidden, indices, E)
+        y_perm = torch.tanh(x_perm)  # stand-in for the experts
+        y = ops.unpermute(y_perm, row_map, weights, hidden)
+        return (y * upstream).sum() + offsets[-1].to(y.dtype)
+
+    compiled = torch.compile(step, fullgraph=True)
+    results = []
+    for fn in (step, compiled):
+        lg, h = logits.clone().requires_grad_(True), x.clone().requires_grad_(True)
+        loss = fn(lg, h)
+        loss.backward()
+        results.append((loss.detach(), lg.grad, h.grad))
+    for eager, comp in zip(*results):
+        torch.testing.assert_close(eager, comp)
+
+
+def _run_all(x, indices, weights, residual, E, upstream):
+    leaves = [t.clone().requires_grad_(True) for t in (x, weights, residual)]
+    x_perm, row_map, offsets = ops.permute(leaves[0], indices, E)
+    y = ops.unpermute(x_perm * 1.5, row_map, leaves[1], leaves[2])
+    y.backward(upstream)
+    return [x_perm, row_map, offsets, y] + [t.grad for t in leaves]
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+def test_bitwise_deterministic(device, dtype):
+    T, d, E, k = 4099, 136, 64, 8
+    x = make_rows(T, d, dtype, device)
+    indices = make_indices(T, E, k, device, seed=3)
+    weights = torch.rand(T, k, device=device)
+    residual = make_rows(T, d, dtype, device, seed=8)
+    upstream = make_rows(T, d, dtype, device, seed=9)
+    assert_bitwise_deterministic(lambda: _run_all(x, indices, weights, residual, E, upstream), device)
+
+
+def test_invalid_expert_ids(device):
+    """CPU raises naming the value; CUDA (which cannot raise without a host sync) clamps into [0, E)."""
+    T, d, E, k = 6, 5, 4, 2
+    x = make_rows(T, d, torch.float32, device)
+    for bad, where in ((-3, (1, 0)), (4, (2, 1)), (1000, (5, 1))):
+        indices = make_indices(T, E, k, device)
+        indices[where] = bad
+        if device.type == "cpu":
+            with pytest.raises(IndexError, match=rf"pesc.permute: indices holds expert id {bad} at \[{where[0]}, "
+                                                 rf"{where[1]}\], outside \[0, num_experts={E}\)"):
+                ops.permute(x, indices, E)
+        else:
+            got = ops.permute(x, indices, E)
+            expected = ops.permute(x, indices.clamp(0, E - 1), E)
+            for a, b in zip(got, expected):
+                assert torch.equal(a, b)
+            assert got[2][-1].item() == T * k
+            torch.testing.assert_close(ops.unpermute(got[0], got[1]), k * x)
+
+
+def test_invalid_row_map_cpu():
+    T, d, k = 4, 3, 2
+    y_perm = torch.randn(T * k, d)
+    grad_y = torch.randn(T, d)
+    out_of_range = torch.arange(T * k, dtype=torch.int32).view(T, k).clone()
+    out_of_range[2, 1] = T * k
+    repeated = torch.arange(T * k, dtype=torch.int32).view(T, k).clone()
+    repeated[3, 0] = 1
+    for fn in (lambda rm: ops.unpermute(y_perm, rm),
+               lambda rm: torch.ops.pesc.unpermute_backward(grad_y, rm, None, None)):
+        with pytest.raises(IndexError, match=r"row_map holds row 8 at \[2, 1\], outside \[0, N=8\)"):
+            fn(out_of_range)
+        with pytest.raises(ValueError, match=r"row_map holds row 1 twice \(again at \[3, 0\]\)"):
+            fn(repeated)
+
+
+def test_bad_input_errors(device):
+    T, d, E, k = 5, 4, 8, 2
+    x = torch.randn(T, d, device=device)
+    idx = make_indices(T, E, k, device)
+    y_perm = torch.randn(T * k, d, device=device)
+    row_map = ops.permute(x, idx, E)[1]
+    w = torch.rand(T, k, device=device)
+    cases = [
+        (lambda: ops.permute(x[0], idx, E), ValueError, r"pesc.permute: x must be a 2-D tensor \[T, d\]"),
+        (lambda: ops.permute(x.long(), idx, E), TypeError, "x must be float32, float16 or bfloat16"),
+        (lambda: ops.permute(x, idx.long(), E), TypeError, "indices must be Int"),
+        (lambda: ops.permute(x, idx[:3], E), ValueError, r"indices.shape\[0\] must equal the number of tokens T of x"),
+        (lambda: ops.permute(x, idx[:, :0], E), ValueError, r"indices.shape\[1\] \(k\) must be >= 1"),
+        (lambda: ops.permute(x, idx, 0), ValueError, r"num_experts must be in \[1, 1024\], got 0"),
+        (lambda: ops.permute(x, idx, 1025), ValueError, r"num_experts must be in \[1, 1024\], got 1025"),
+        (lambda: ops.unpermute(y_perm[1:], row_map), ValueError,
+         r"pesc.unpermute: y_perm.shape\[0\] must equal the number of routed rows N = T\*k of row_map \(10\)"),
+        (lambda: ops.unpermute(y_perm, row_map.long()), TypeError, "row_map must be Int"),
+        (lambda: ops.unpermute(y_perm, row_map, w[:, :1]), ValueError, r"weights must have the shape of row_map"),
+        (lambda: ops.unpermute(y_perm, row_map, w.double()), TypeError, "weights must be Float"),
+        (lambda: ops.unpermute(y_perm, row_map, None, x[:4]), ValueError,
+         r"residual.shape\[0\] must equal the number of tokens T of row_map \(5\)"),
+        (lambda: ops.unpermute(y_perm, row_map, None, x[:, :3]), ValueError,
+         r"residual.shape\[1\] must equal the row width d \(4\)"),
+        (lambda: ops.unpermute(y_perm, row_map, None, x.half()), TypeError,
+         r"residual must have the dtype of y_perm \(Float\), got Half"),
+        (lambda: torch.ops.pesc.unpermute_backward(x, row_map[:4], None, None), ValueError,
+         r"pesc.unpermute_backward: row_map.shape\[0\] must equal the number of tokens T of grad_y"),
+        (lambda: torch.ops.pesc.unpermute_backward(x, row_map, None, y_perm[:, :2]), ValueError,
+         r"y_perm.shape\[1\] must equal the row width d"),
+        (lambda: torch.ops.pesc.unpermute_backward(x, row_map, None, y_perm.bfloat16()), TypeError,
+         r"y_perm must have the dtype of grad_y"),
+    ]
+    if device.type == "cuda":
+        cases += [
+            (lambda: ops.permute(x, idx.cpu(), E), ValueError, "indices is on cpu but x is on cuda"),
+            (lambda: ops.unpermute(y_perm, row_map, w.cpu()), ValueError, "weights is on cpu but row_map is on cuda"),
+        ]
+    for fn, error, pattern in cases:
+        with pytest.raises(error, match=pattern):
+            fn()
+
+
+def test_mixed_devices_error():
+    meta_idx = torch.zeros(5, 2, dtype=torch.int32, device="meta")
+    with pytest.raises(ValueError, match="indices is on meta but x is on cpu; all tensors must be on the same"):
+        call_cpu_kernel(torch.ops.pesc.permute, torch.randn(5, 4), meta_idx, 8)
+    with pytest.raises(ValueError, match="residual is on meta but y_perm is on cpu"):
+        call_cpu_kernel(torch.ops.pesc.unpermute, torch.randn(10, 4), torch.zeros(5, 2, dtype=torch.int32), None,
+                        torch.zeros(5, 4, device="meta"))
