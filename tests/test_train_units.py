@@ -237,3 +237,19 @@ def _load_example(name):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def test_pesc_method_counts_and_meta_device_estimate(tok):
+    import pesc_kernels
+
+    config = pesc_kernels.PESCConfig(num_experts=4, top_k=2, adapter_dim=3)
+    model = build_tiny_llama(tok, seed=0, **TINY)
+    estimate = methods.pesc_trainable_count(model.config, config)
+    crafted = methods.apply_method(model, "pesc", pesc=config)
+    counts = methods.parameter_summary(crafted, "pesc")
+    per_layer = 4 * 32 + 4 * (32 * 3 + 3 * 32)  # router [E, d] + E adapters (d*r + r*d)
+    assert counts["trainable"] == estimate == 2 * per_layer
+    assert counts["trainable_per_token"] == 2 * (4 * 32 + 2 * (32 * 3 + 3 * 32))  # k of E adapters per token
+    assert all(p.requires_grad == ("mlp." in n and "_proj" not in n) for n, p in crafted.named_parameters())
+    with pytest.raises(ValueError, match="needs a PESCConfig"):
+        methods.apply_method(build_tiny_llama(tok, seed=0, **TINY), "pesc")

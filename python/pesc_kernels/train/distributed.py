@@ -3,8 +3,10 @@
 ``torchrun --nproc_per_node=N examples/finetune.py ...`` sets RANK / WORLD_SIZE / LOCAL_RANK; the
 process group then uses NCCL on CUDA and gloo on CPU. Models are wrapped with
 DistributedDataParallel, or with FSDP2 (``fully_shard`` on every decoder layer, then the root) when
-``--fsdp`` is given. DDP for PESC uses ``find_unused_parameters=True`` because an expert that gets
-no tokens on some rank in some step has no gradient there.
+``--fsdp`` is given. The training module is :class:`LossAndLogits`, which returns a plain
+``(loss, logits)`` tuple: DDP rebuilds dataclass outputs field by field after its forward, and that
+fails on outputs that carry extra keys (a crafted model's ``aux_loss``/``z_loss``); it also keeps the
+KV cache out of training.
 
 Evaluation and checkpointing need whole parameters: :func:`consolidated` unshards an FSDP model
 (and keeps it unsharded through forwards) for the duration of a ``with`` block, so generation runs
@@ -69,8 +71,21 @@ def _decoder_layers(model):
     return list(blocks[0])
 
 
-def wrap(model, info: DistInfo, device: torch.device, *, fsdp: bool = False, find_unused: bool = False):
-    """DDP or FSDP2 wrapping for a multi-process run; the model itself when single-process."""
+class LossAndLogits(torch.nn.Module):
+    """A causal LM as a training module: ``forward(**batch) -> (loss, logits)``, without KV cache."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, **batch):
+        outputs = self.model(**batch, use_cache=False)
+        return outputs.loss, outputs.logits
+
+
+def wrap(model, info: DistInfo, device: torch.device, *, fsdp: bool = False):
+    """The training module for ``model``: :class:`LossAndLogits`, under DDP or with the model
+    sharded by FSDP2 in a multi-process run."""
     if fsdp:
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard
@@ -81,18 +96,20 @@ def wrap(model, info: DistInfo, device: torch.device, *, fsdp: bool = False, fin
         for layer in _decoder_layers(model):
             fully_shard(layer, mesh=mesh)
         fully_shard(model, mesh=mesh)
-        return model
+        return LossAndLogits(model)
     if not info.enabled:
-        return model
+        return LossAndLogits(model)
     from torch.nn.parallel import DistributedDataParallel
 
     device_ids = [device.index] if device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=find_unused)
+    return DistributedDataParallel(LossAndLogits(model), device_ids=device_ids)
 
 
-def unwrap(model):
-    """The module inside a DDP wrapper (FSDP2 wraps in place, so its model is returned as is)."""
-    return model.module if hasattr(model, "module") and hasattr(model, "require_backward_grad_sync") else model
+def unwrap(wrapped):
+    """The model inside :func:`wrap`'s training module (FSDP2 shards it in place)."""
+    if isinstance(wrapped, torch.nn.parallel.DistributedDataParallel):
+        wrapped = wrapped.module
+    return wrapped.model if isinstance(wrapped, LossAndLogits) else wrapped
 
 
 def _fsdp_modules(model):
@@ -121,11 +138,13 @@ def gather_objects(obj) -> list:
 
 
 @contextlib.contextmanager
-def consolidated(model):
-    """Inside the block, an FSDP2 model holds whole (unsharded) parameters on every rank."""
+def consolidated(wrapped):
+    """Yields the model of a training module; an FSDP2-sharded one holds whole (unsharded)
+    parameters on every rank inside the block."""
+    model = unwrap(wrapped)
     modules = _fsdp_modules(model)
     if not modules:
-        yield unwrap(model)
+        yield model
         return
     for module in modules:
         module.set_reshard_after_forward(False, recurse=False)

@@ -54,7 +54,8 @@ def _mean_over_ranks(values: list[float], device) -> list[float]:
 
 def train(model, batches, *, steps: int, lr: float, device, desc: str = "train", show_progress: bool = True,
           weight_decay: float = 0.0) -> dict:
-    """Run ``steps`` optimizer steps on ``model`` (possibly DDP/FSDP-wrapped) over ``batches``.
+    """Run ``steps`` optimizer steps over ``batches``; ``model(**batch)`` returns ``(loss, logits)``
+    (see :func:`pesc_kernels.train.distributed.wrap`).
 
     Returns {"history": [per-step dicts], "seconds": wall time, "tokens": all ranks' tokens,
     "tokens_per_s": tokens / seconds}.
@@ -69,22 +70,22 @@ def train(model, batches, *, steps: int, lr: float, device, desc: str = "train",
     bar = tqdm(range(steps), desc=desc, disable=not show_progress, dynamic_ncols=True, mininterval=1.0)
     for step in bar:
         batch = {name: tensor.to(device, non_blocking=True) for name, tensor in next(batches).items()}
-        outputs = model(**batch)
-        outputs.loss.backward()
+        loss, logits = model(**batch)
+        loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         with torch.no_grad():
-            lm = answer_loss(outputs.logits.detach(), batch["labels"])
-        loss, router, step_tokens = _mean_over_ranks(
-            [lm.item(), outputs.loss.item() - lm.item(), float(batch["attention_mask"].sum())], device)
+            lm = answer_loss(logits.detach(), batch["labels"])
+        mean_lm, router, step_tokens = _mean_over_ranks(
+            [lm.item(), loss.item() - lm.item(), float(batch["attention_mask"].sum())], device)
         world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
         tokens += step_tokens * world
         elapsed = time.perf_counter() - start
-        history.append({"step": step + 1, "loss": loss, "router_loss": router,
+        history.append({"step": step + 1, "loss": mean_lm, "router_loss": router,
                         "lr": scheduler.get_last_lr()[0], "tokens_per_s": tokens / elapsed})
-        bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens / elapsed:.0f}", refresh=False)
+        bar.set_postfix(loss=f"{mean_lm:.3f}", tok_s=f"{tokens / elapsed:.0f}", refresh=False)
     bar.close()
     seconds = time.perf_counter() - start
     return {"history": history, "seconds": seconds, "tokens": tokens, "tokens_per_s": tokens / seconds}

@@ -153,8 +153,7 @@ def finetune(spec: MethodSpec, base_dir, tokenizer, data: Data, settings: RunSet
     encoded = encode_all(tokenizer, data.train, settings.max_length)
     batches = batch_stream(encoded, settings.batch_size, tokenizer.pad_token_id, settings.seed + 2,
                            settings.dist.rank, settings.dist.world_size)
-    wrapped = distributed.wrap(model, settings.dist, settings.device, fsdp=settings.fsdp,
-                               find_unused=spec.method == "pesc")
+    wrapped = distributed.wrap(model, settings.dist, settings.device, fsdp=settings.fsdp)
     result = train(wrapped, batches, steps=spec.steps, lr=spec.lr, device=settings.device,
                    desc=f"fine-tune ({spec.method})", show_progress=settings.show_progress and settings.dist.is_main)
     with distributed.consolidated(wrapped) as whole:
