@@ -28,7 +28,8 @@ except ImportError:  # running from a clone (built in place): use its python/ di
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
 
 from pesc_kernels.train import distributed, methods, report  # noqa: E402
-from pesc_kernels.train.models import default_dtype, four_bit_unavailable_reason, resolve_device  # noqa: E402
+from pesc_kernels.train.models import (  # noqa: E402
+    default_dtype, four_bit_unavailable_reason, quiet_libraries, resolve_device)
 from pesc_kernels.train.pipeline import (  # noqa: E402
     MethodSpec, RunSettings, evaluate_base, finetune, load_data, pretrain_dense)
 from pesc_kernels.train.tokenizer import load_tokenizer  # noqa: E402
@@ -49,17 +50,17 @@ def parse_args(argv=None):
     g.add_argument("--eval-data", type=Path, help="held-out JSONL (default: hold out --eval-fraction of --data)")
     g.add_argument("--eval-fraction", type=float, default=0.1)
     g.add_argument("--train-per-task", type=int, default=1000, help="synthetic training examples per task")
-    g.add_argument("--heldout-per-task", type=int, default=30, help="synthetic held-out examples per task")
+    g.add_argument("--heldout-per-task", type=int, default=50, help="synthetic held-out examples per task")
     g.add_argument("--max-length", type=int, default=256, help="longest allowed encoded conversation")
     g = p.add_argument_group("dense pre-training (embedded model only)")
-    g.add_argument("--dense-steps", type=int, default=300)
-    g.add_argument("--dense-lr", type=float, default=2e-3)
+    g.add_argument("--dense-steps", type=int, default=900)
+    g.add_argument("--dense-lr", type=float, default=1e-3)
     g = p.add_argument_group("fine-tuning")
     g.add_argument("--method", choices=methods.METHODS, default="pesc")
     g.add_argument("--baseline", choices=("none",) + methods.METHODS, default="none",
                    help="also tune the dense model with this method and compare")
-    g.add_argument("--steps", type=int, default=300)
-    g.add_argument("--batch-size", type=int, default=16, help="conversations per step per process")
+    g.add_argument("--steps", type=int, default=500)
+    g.add_argument("--batch-size", type=int, default=32, help="conversations per step per process")
     g.add_argument("--lr", type=float, default=2e-3)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--out", type=Path, default=Path("outputs/finetune"))
@@ -125,6 +126,7 @@ def method_spec(method, args, base_dir, pesc):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    quiet_libraries()
     device = resolve_device(args.device)
     if args.load_in_4bit and (reason := four_bit_unavailable_reason(device)):
         print(f"error: {reason}", file=sys.stderr)

@@ -29,7 +29,7 @@ from pesc_kernels.data import Conversation, load_jsonl  # noqa: E402
 from pesc_kernels.train import methods  # noqa: E402
 from pesc_kernels.train.encoding import prompt_ids  # noqa: E402
 from pesc_kernels.train.evaluate import generate  # noqa: E402
-from pesc_kernels.train.models import default_dtype, load_base, resolve_device  # noqa: E402
+from pesc_kernels.train.models import default_dtype, load_base, quiet_libraries, resolve_device  # noqa: E402
 from pesc_kernels.train.tokenizer import load_tokenizer  # noqa: E402
 
 
@@ -83,6 +83,7 @@ def load_model(args, device):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    quiet_libraries()
     device = resolve_device(args.device)
     conversations = read_prompts(args)
     model, tokenizer, description = load_model(args, device)

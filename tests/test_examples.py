@@ -104,19 +104,24 @@ def test_generate_loads_the_pesc_checkpoint(demo_run, tmp_path):
     assert f"exact match: " in stdout and f"/{len(TASKS)} = " in stdout
 
 
-def test_generate_matches_the_evaluation_of_finetune(demo_run, capsys):
-    """The reloaded adapters reproduce, token for token, the generations finetune.py evaluated."""
-    out, _ = demo_run
+def _assert_generate_reproduces_evaluation(out, method, capsys):
+    """generate.py, loading the saved checkpoint, reproduces the generations finetune.py evaluated."""
     generate = _load_example("generate")
+    samples = json.loads((out / method / "metrics.json").read_text())["heldout"]["samples"]
+    argv = ["--checkpoint", str(out / method / "checkpoint"), "--max-new-tokens", "4", "--json", "--device", "cpu"]
+    for task in samples.values():
+        for sample in task:
+            argv += ["--prompt", sample["prompt"].replace("\n", "\\n")]
+    capsys.readouterr()
+    assert generate.main(argv) == 0
+    generated = [json.loads(line)["generated"] for line in capsys.readouterr().out.splitlines()]
+    assert generated == [sample["generated"] for task in samples.values() for sample in task]
+
+
+def test_generate_matches_the_evaluation_of_finetune(demo_run, capsys):
+    out, _ = demo_run
     for method in ("pesc", "lora"):
-        samples = json.loads((out / method / "metrics.json").read_text())["heldout"]["samples"]
-        prompts = [s["prompt"].replace("\n", "\\n") for task in samples.values() for s in task]
-        argv = ["--checkpoint", str(out / method / "checkpoint"), "--max-new-tokens", "4", "--json", "--device", "cpu"]
-        for prompt in prompts:
-            argv += ["--prompt", prompt]
-        assert generate.main(argv) == 0
-        generated = [json.loads(line)["generated"] for line in capsys.readouterr().out.splitlines()]
-        assert generated == [s["generated"] for task in samples.values() for s in task]
+        _assert_generate_reproduces_evaluation(out, method, capsys)
 
 
 def test_generate_with_the_base_alone(demo_run, capsys):
@@ -149,18 +154,69 @@ def test_full_finetune_on_user_jsonl_reusing_the_dense_model(demo_run, tmp_path,
     assert capsys.readouterr().out.startswith("model: full: ")
 
 
-def test_two_process_ddp_ends_with_identical_adapters(tmp_path):
-    """torchrun, 2 CPU processes (gloo): every rank's trained adapter weights are bitwise identical."""
-    out = tmp_path / "ddp"
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_two_processes_end_with_identical_adapters(tmp_path, capsys, mode):
+    """torchrun, 2 CPU processes (gloo), DDP or FSDP2: every rank's trained weights are bitwise
+    identical, and the checkpoint written from them reproduces the run's evaluation."""
+    out = tmp_path / mode
+    extra = ["--fsdp", "--baseline", "lora"] if mode == "fsdp" else []
     _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(FINETUNE),
-          "--method", "pesc", "--out", str(out), *TINY_RUN], threads=1)
-    metrics = json.loads((out / "pesc/metrics.json").read_text())
-    assert metrics["world_size"] == 2
-    digests = metrics["trainable_sha256_per_rank"]
-    assert len(digests) == 2 and digests[0] == digests[1]
-    assert metrics["heldout"]["n"] == HELDOUT_PER_TASK * len(TASKS)  # both ranks' shares gathered
+          "--method", "pesc", "--out", str(out), *TINY_RUN, *extra], threads=1)
+    for method in ["pesc"] + (["lora"] if mode == "fsdp" else []):
+        metrics = json.loads((out / method / "metrics.json").read_text())
+        assert metrics["world_size"] == 2 and metrics["fsdp"] == (mode == "fsdp")
+        digests = metrics["trainable_sha256_per_rank"]
+        assert len(digests) == 2 and digests[0] == digests[1]
+        assert metrics["heldout"]["n"] == HELDOUT_PER_TASK * len(TASKS)  # both ranks' shares gathered
+        _assert_generate_reproduces_evaluation(out, method, capsys)
     adapters = load_file(out / "pesc/checkpoint/pesc_adapters.safetensors")
-    up = [t for name, t in adapters.items() if "w_up" in name]
+    up = [t for name, t in adapters.items() if name.endswith("w_up")]
     assert up and any(t.abs().sum() > 0 for t in up)  # zero-initialised, so non-zero means trained
-    pretrain = json.loads((out / "dense/pretrain_metrics.json").read_text())
-    assert pretrain["world_size"] == 2
+    assert json.loads((out / "dense/pretrain_metrics.json").read_text())["world_size"] == 2
+
+
+def _hf_checkpoint(directory, chat_template=True):
+    """A tiny Llama with a Hugging Face byte-level BPE tokenizer (ChatML template), saved locally."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    backend = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(bytes_to_unicode().values())}, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+                "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<|im_start|>", eos_token="<|im_end|>",
+                                        chat_template=template if chat_template else None)
+    tokenizer.save_pretrained(directory)
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                 num_attention_heads=2, num_key_value_heads=2,
+                                 eos_token_id=tokenizer.eos_token_id)).save_pretrained(directory)
+    return tokenizer
+
+
+def test_finetune_accepts_a_local_hf_checkpoint(tmp_path, capsys):
+    """--model: the checkpoint's own tokenizer and chat template (ChatML) drive masking and generation."""
+    from pesc_kernels.train.encoding import IGNORE_INDEX, encode_conversation
+    from pesc_kernels.train.tokenizer import load_tokenizer
+
+    tokenizer = _hf_checkpoint(tmp_path / "hf")
+    loaded = load_tokenizer(tmp_path / "hf")
+    assert loaded.pad_token_id == tokenizer.eos_token_id  # no pad token: eos pads
+    encoded = encode_conversation(loaded, heldout_split(1)[0].to_conversation())
+    trained = loaded.decode([i for i, label in zip(encoded.input_ids, encoded.labels) if label != IGNORE_INDEX])
+    assert trained == heldout_split(1)[0].output + "<|im_end|>\n"
+
+    finetune = _load_example("finetune")
+    argv = ["--model", str(tmp_path / "hf"), "--method", "pesc", "--baseline", "lora", "--out", str(tmp_path / "run"),
+            *TINY_RUN]
+    assert finetune.main(argv) == 0
+    assert not (tmp_path / "run/dense").exists()  # --model: no pre-training
+    for method in ("pesc", "lora"):
+        assert json.loads((tmp_path / "run" / method / "metrics.json").read_text())["heldout"]["n"] == HELDOUT_PER_TASK * len(TASKS)
+        _assert_generate_reproduces_evaluation(tmp_path / "run", method, capsys)
+
+    _hf_checkpoint(tmp_path / "no-template", chat_template=False)
+    with pytest.raises(ValueError, match="has no chat template"):
+        load_tokenizer(tmp_path / "no-template")

@@ -10,7 +10,9 @@ KV cache out of training.
 
 Evaluation and checkpointing need whole parameters: :func:`consolidated` unshards an FSDP model
 (and keeps it unsharded through forwards) for the duration of a ``with`` block, so generation runs
-on each rank without collectives and the checkpoint code sees plain tensors. There, too,
+on each rank without collectives and code reading the modules' parameters (``save_pesc``) sees
+whole tensors. ``state_dict()`` still returns shards, so :func:`full_state_dict` gathers a whole
+state dict for the writers built on it (``save_pretrained``). In the block, too,
 :func:`trainable_digest` hashes each rank's trainable weights, so a run records whether its replicas
 ended bitwise identical.
 """
@@ -124,7 +126,9 @@ def trainable_digest(model) -> str:
     for name, parameter in model.named_parameters():
         if parameter.requires_grad:
             digest.update(name.encode())
-            digest.update(parameter.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+            # a copy: exporting a tensor to numpy pins its storage, which FSDP must free on reshard
+            data = parameter.detach().to("cpu", copy=True).contiguous()
+            digest.update(data.view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 
@@ -135,6 +139,19 @@ def gather_objects(obj) -> list:
     parts = [None] * dist.get_world_size()
     dist.all_gather_object(parts, obj)
     return parts
+
+
+def full_state_dict(wrapped):
+    """The whole-model state dict of an FSDP2-sharded model, gathered to rank 0 on the CPU (other
+    ranks get an empty dict; a collective, so every rank must call it), or None when the model is not
+    sharded (its own ``state_dict()`` is then whole). Checkpoint writers that go through
+    ``state_dict()`` (``save_pretrained`` of transformers and peft) take it as ``state_dict=``."""
+    model = unwrap(wrapped)
+    if not _fsdp_modules(model):
+        return None
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
 @contextlib.contextmanager

@@ -99,8 +99,12 @@ def parameter_summary(model, method: str) -> dict:
     return counts
 
 
-def save_checkpoint(model, method: str, directory, base_model_dir, tokenizer=None) -> Path:
-    """Write the method's checkpoint (adapter-only for pesc and lora) plus finetune_info.json."""
+def save_checkpoint(model, method: str, directory, base_model_dir, tokenizer=None, state_dict=None) -> Path:
+    """Write the method's checkpoint (adapter-only for pesc and lora) plus finetune_info.json.
+
+    ``state_dict``: the whole model's state dict when ``model.state_dict()`` would not give it
+    (FSDP2, see :func:`pesc_kernels.train.distributed.full_state_dict`); pesc reads the layers directly.
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     if method == "pesc":
@@ -108,7 +112,7 @@ def save_checkpoint(model, method: str, directory, base_model_dir, tokenizer=Non
 
         pesc_kernels.save_pesc(model, directory)
     elif method in ("lora", "full"):
-        model.save_pretrained(directory)
+        model.save_pretrained(directory, state_dict=state_dict)
         if method == "full" and tokenizer is not None:
             tokenizer.save_pretrained(directory)
     else:

@@ -12,6 +12,17 @@ import os
 import torch
 
 
+def quiet_libraries() -> None:
+    """Silence per-file progress bars and deprecation chatter of transformers/peft in the scripts' output."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\..*")
+
+
 def resolve_device(name: str = "auto") -> torch.device:
     """"auto": this process's GPU (LOCAL_RANK under torchrun) when CUDA is available, else the CPU."""
     if name == "auto":

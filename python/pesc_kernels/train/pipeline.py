@@ -97,9 +97,10 @@ def pretrain_dense(data: Data, settings: RunSettings, out_dir, *, steps: int, lr
     wrapped = distributed.wrap(model, settings.dist, settings.device, fsdp=settings.fsdp)
     result = train(wrapped, batches, steps=steps, lr=lr, device=settings.device, desc="dense pre-training",
                    show_progress=settings.show_progress and settings.dist.is_main, weight_decay=0.01)
+    state = distributed.full_state_dict(wrapped)
     with distributed.consolidated(wrapped) as whole:
         if settings.dist.is_main:
-            whole.save_pretrained(out_dir)
+            whole.save_pretrained(out_dir, state_dict=state)
             tokenizer.save_pretrained(out_dir)
             report.write_json(out_dir / "pretrain_metrics.json", {
                 "steps": steps, "lr": lr, "batch_size": settings.batch_size, "world_size": settings.dist.world_size,
@@ -156,12 +157,13 @@ def finetune(spec: MethodSpec, base_dir, tokenizer, data: Data, settings: RunSet
     wrapped = distributed.wrap(model, settings.dist, settings.device, fsdp=settings.fsdp)
     result = train(wrapped, batches, steps=spec.steps, lr=spec.lr, device=settings.device,
                    desc=f"fine-tune ({spec.method})", show_progress=settings.show_progress and settings.dist.is_main)
+    state = distributed.full_state_dict(wrapped) if spec.method != "pesc" else None
     with distributed.consolidated(wrapped) as whole:
         heldout = exact_match(whole, tokenizer, data.heldout, device=settings.device,
                               max_new_tokens=settings.max_new_tokens, batch_size=settings.eval_batch_size)
         digests = distributed.gather_objects(distributed.trainable_digest(whole))
         if settings.dist.is_main:
-            methods.save_checkpoint(whole, spec.method, out_dir / "checkpoint", base_dir, tokenizer)
+            methods.save_checkpoint(whole, spec.method, out_dir / "checkpoint", base_dir, tokenizer, state)
     if len(set(digests)) != 1 and settings.dist.is_main:
         print(f"warning: the ranks' trainable weights differ after training (sha256 per rank: {digests})")
     row = {"name": spec.method, "method": spec.method, **params, "final_loss": final_loss(result["history"]),
