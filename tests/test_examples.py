@@ -214,7 +214,8 @@ def test_finetune_accepts_a_local_hf_checkpoint(tmp_path, capsys):
     assert finetune.main(argv) == 0
     assert not (tmp_path / "run/dense").exists()  # --model: no pre-training
     for method in ("pesc", "lora"):
-        assert json.loads((tmp_path / "run" / method / "metrics.json").read_text())["heldout"]["n"] == HELDOUT_PER_TASK * len(TASKS)
+        metrics = json.loads((tmp_path / "run" / method / "metrics.json").read_text())
+        assert metrics["heldout"]["n"] == HELDOUT_PER_TASK * len(TASKS)
         _assert_generate_reproduces_evaluation(tmp_path / "run", method, capsys)
 
     _hf_checkpoint(tmp_path / "no-template", chat_template=False)
