@@ -39,7 +39,7 @@ demo: build
 	@echo "  fine-tuning  $(DEMO_OUT)/results.md (table), summary.json, loss_curves.png,"
 	@echo "               $(DEMO_OUT)/{pesc,lora}/{metrics.json,loss.png,checkpoint/}, $(DEMO_OUT)/dense/ (the dense model)"
 	@echo "  benchmarks   outputs/bench/"
-	@echo "  try it:      $(RUN) examples/generate.py --checkpoint $(DEMO_OUT)/pesc/checkpoint --prompt 'Add the numbers.\\n12 + 30'"
+	@printf '%s\n' "  try it:      $(RUN) examples/generate.py --checkpoint $(DEMO_OUT)/pesc/checkpoint --prompt 'Add the numbers.\n12 + 30'"
 
 test: test-main install-check test-cpu-only
 
