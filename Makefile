@@ -16,7 +16,7 @@ CPU_ONLY_DIR := build/cpu-only
 # Run against the in-place build in python/ (the package is not installed into the environment).
 RUN := PYTHONPATH=$(CURDIR)/python $(PYTHON)
 
-.PHONY: deps build test test-main test-cpu-only install-check bench bench-summary results clean
+.PHONY: deps build demo test test-main test-cpu-only install-check bench bench-summary results clean
 
 deps:
 	@if [ "$(PYTHON)" = ".venv/bin/python" ] && [ ! -x .venv/bin/python ]; then \
@@ -26,6 +26,20 @@ deps:
 
 build: deps
 	$(PYTHON) setup.py -q build_ext --inplace
+
+# The demo: pre-train the embedded tiny Llama, tune it with PESC and with a LoRA baseline of about the
+# same trainable size, print the comparison table, then the benchmark summary (< 15 min on 2 cores).
+DEMO_OUT ?= outputs/demo
+DEMO_ARGS ?=
+demo: build
+	$(RUN) examples/finetune.py --method pesc --baseline lora --out $(DEMO_OUT) $(DEMO_ARGS)
+	$(MAKE) --no-print-directory bench-summary
+	@echo
+	@echo "demo outputs:"
+	@echo "  fine-tuning  $(DEMO_OUT)/results.md (table), summary.json, loss_curves.png,"
+	@echo "               $(DEMO_OUT)/{pesc,lora}/{metrics.json,loss.png,checkpoint/}, $(DEMO_OUT)/dense/ (the dense model)"
+	@echo "  benchmarks   outputs/bench/"
+	@printf '%s\n' "  try it:      $(RUN) examples/generate.py --checkpoint $(DEMO_OUT)/pesc/checkpoint --prompt 'Add the numbers.\n12 + 30'"
 
 test: test-main install-check test-cpu-only
 

@@ -1,0 +1,74 @@
+"""Device, dtype and base-model loading for the examples (optionally with 4-bit base weights).
+
+On CUDA the examples run in bf16 (weights and activations); on CPU in fp32. ``--load-in-4bit``
+quantises the frozen base weights to NF4 with bitsandbytes (QLoRA, as in the PESC paper); it needs
+a CUDA GPU and the bitsandbytes package and fails with a clear message otherwise.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import torch
+
+
+def quiet_libraries() -> None:
+    """Silence per-file progress bars and deprecation chatter of transformers/peft in the scripts' output."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\..*")
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """"auto": this process's GPU (LOCAL_RANK under torchrun) when CUDA is available, else the CPU."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"--device {name}: CUDA is not available on this machine")
+    return device
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def four_bit_unavailable_reason(device: torch.device) -> str | None:
+    """Why 4-bit base weights cannot be used here, or None when they can."""
+    if device.type != "cuda":
+        return (f"--load-in-4bit needs a CUDA GPU (bitsandbytes 4-bit kernels); this run is on {device.type}, "
+                "where 4-bit base weights are not available. Run without --load-in-4bit.")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        return "--load-in-4bit needs the bitsandbytes package (pip install bitsandbytes), which is not installed."
+    return None
+
+
+def load_base(path, device: torch.device, dtype: torch.dtype, load_in_4bit: bool = False):
+    """A Hugging Face causal LM from a local directory, on ``device`` in ``dtype`` (NF4 when 4-bit)."""
+    from transformers import AutoModelForCausalLM
+
+    if load_in_4bit:
+        reason = four_bit_unavailable_reason(device)
+        if reason:
+            raise RuntimeError(reason)
+        from transformers import BitsAndBytesConfig
+
+        quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                          bnb_4bit_compute_dtype=dtype, bnb_4bit_use_double_quant=True)
+        return AutoModelForCausalLM.from_pretrained(path, quantization_config=quantization, dtype=dtype,
+                                                    device_map={"": device})
+    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
+
+
+def parameter_counts(model) -> dict:
+    """total / trainable / activated-per-token parameter counts of a dense model (every weight is used
+    by every token, so activated_per_token == total)."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"total": total, "trainable": trainable, "activated_per_token": total}
