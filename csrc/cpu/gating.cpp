@@ -107,6 +107,26 @@ std::vector<float> chunked_token_sum(const scalar_t* logits, int64_t T, int64_t 
   return total;
 }
 
+// Fills grad_logits (zero for tokens the mask excludes) from each counted token's logits row: the row
+// is widened to fp32 and `row_grad(row, stats)` turns it in place into that token's fp32 gradient.
+template <typename RowGradFn>
+void softmax_row_grads(const at::Tensor& logits, const bool* mask, at::Tensor& grad_logits, const RowGradFn& row_grad) {
+  const int64_t T = logits.size(0), E = logits.size(1);
+  PESC_DISPATCH_FLOAT_TYPES(logits.scalar_type(), "softmax_row_grads_cpu", [&] {
+    const scalar_t* src = logits.data_ptr<scalar_t>();
+    scalar_t* out = grad_logits.data_ptr<scalar_t>();
+    at::parallel_for(0, T, token_grain(E), [&](int64_t begin, int64_t end) {
+      std::vector<float> row(E);
+      for (int64_t t = begin; t < end; ++t) {
+        if (!token_counts(mask, t)) continue;
+        const SoftmaxRow stats = load_softmax_row(src + t * E, E, row.data());
+        row_grad(row.data(), stats);
+        for (int64_t e = 0; e < E; ++e) out[t * E + e] = scalar_t(row[e]);
+      }
+    });
+  });
+}
+
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor> topk_gating_cpu(const at::Tensor& logits_in, int64_t k, bool normalize) {
@@ -210,7 +230,7 @@ at::Tensor load_balancing_loss_backward_cpu(const at::Tensor& grad, const at::Te
   check_scalar_grad(op, grad, logits_in);
   check_expert_ids_cpu(op, indices, logits_in.size(1), "indices");
   const at::Tensor logits = logits_in.contiguous();
-  const int64_t T = logits.size(0), E = logits.size(1), k = indices.size(1);
+  const int64_t E = logits.size(1), k = indices.size(1);
   at::Tensor mask_holder;
   const bool* m = mask_ptr(mask, mask_holder);
   const RoutedCounts counts = count_routed_slots(indices, m, E);
@@ -221,23 +241,14 @@ at::Tensor load_balancing_loss_backward_cpu(const at::Tensor& grad, const at::Te
   for (int64_t e = 0; e < E; ++e)
     fraction[e] = static_cast<float>(counts.per_expert[e]) / (static_cast<float>(counts.tokens) * k);
   const float scale = grad.item<float>() * static_cast<float>(E) / static_cast<float>(counts.tokens);
-  PESC_DISPATCH_FLOAT_TYPES(logits.scalar_type(), "load_balancing_loss_backward_cpu", [&] {
-    const scalar_t* src = logits.data_ptr<scalar_t>();
-    scalar_t* out = grad_logits.data_ptr<scalar_t>();
-    at::parallel_for(0, T, token_grain(E), [&](int64_t begin, int64_t end) {
-      std::vector<float> row(E);
-      for (int64_t t = begin; t < end; ++t) {
-        if (!token_counts(m, t)) continue;
-        const SoftmaxRow stats = load_softmax_row(src + t * E, E, row.data());
-        float dot = 0.f;
-        for (int64_t e = 0; e < E; ++e) {
-          row[e] = stats.prob(row[e]);
-          dot += row[e] * fraction[e];
-        }
-        for (int64_t e = 0; e < E; ++e) out[t * E + e] = scalar_t(scale * softmax_grad(row[e], fraction[e], dot));
-      }
-    });
-  });
+  softmax_row_grads(logits, m, grad_logits, [&](float* row, const SoftmaxRow& stats) {
+                      float dot = 0.f;
+                      for (int64_t e = 0; e < E; ++e) {
+                        row[e] = stats.prob(row[e]);
+                        dot += row[e] * fraction[e];
+                      }
+                      for (int64_t e = 0; e < E; ++e) row[e] = scale * softmax_grad(row[e], fraction[e], dot);
+                    });
   return grad_logits;
 }
 
@@ -275,18 +286,9 @@ at::Tensor router_z_loss_backward_cpu(const at::Tensor& grad, const at::Tensor& 
   if (tokens == 0) return grad_logits;
   // dL/dl_te = g * 2 * lse_t / tokens * p_te
   const float scale = grad.item<float>() * 2.f / static_cast<float>(tokens);
-  PESC_DISPATCH_FLOAT_TYPES(logits.scalar_type(), "router_z_loss_backward_cpu", [&] {
-    const scalar_t* src = logits.data_ptr<scalar_t>();
-    scalar_t* out = grad_logits.data_ptr<scalar_t>();
-    at::parallel_for(0, T, token_grain(E), [&](int64_t begin, int64_t end) {
-      std::vector<float> row(E);
-      for (int64_t t = begin; t < end; ++t) {
-        if (!token_counts(m, t)) continue;
-        const SoftmaxRow stats = load_softmax_row(src + t * E, E, row.data());
-        const float token_scale = scale * stats.lse();
-        for (int64_t e = 0; e < E; ++e) out[t * E + e] = scalar_t(token_scale * stats.prob(row[e]));
-      }
-    });
+  softmax_row_grads(logits, m, grad_logits, [&](float* row, const SoftmaxRow& stats) {
+    const float token_scale = scale * stats.lse();
+    for (int64_t e = 0; e < E; ++e) row[e] = token_scale * stats.prob(row[e]);
   });
   return grad_logits;
 }
