@@ -21,9 +21,12 @@ ROOT = Path(__file__).resolve().parents[1]
 FINETUNE = ROOT / "examples" / "finetune.py"
 GENERATE = ROOT / "examples" / "generate.py"
 HELDOUT_PER_TASK = 2
-TINY_RUN = ["--dense-steps", "4", "--steps", "4", "--batch-size", "4", "--train-per-task", "8",
-            "--heldout-per-task", str(HELDOUT_PER_TASK), "--max-new-tokens", "4", "--no-progress",
-            "--num-experts", "4", "--top-k", "2", "--adapter-dim", "4"]
+# The command-line tests run on the CPU even where a GPU is visible (generation on the CPU must then
+# reproduce their evaluation bit for bit); test_tiny_finetune_on_each_device covers the GPU path.
+TINY_SETTINGS = ["--dense-steps", "4", "--steps", "4", "--batch-size", "4", "--train-per-task", "8",
+                 "--heldout-per-task", str(HELDOUT_PER_TASK), "--max-new-tokens", "4", "--no-progress",
+                 "--num-experts", "4", "--top-k", "2", "--adapter-dim", "4"]
+TINY_RUN = TINY_SETTINGS + ["--device", "cpu"]
 
 
 def _env(threads: int = 2) -> dict:
@@ -98,7 +101,8 @@ def test_generate_loads_the_pesc_checkpoint(demo_run, tmp_path):
     prompts = tmp_path / "heldout.jsonl"
     write_jsonl(prompts, (ex.to_record() for ex in heldout_split(1, seed=0)))
     stdout = _run([sys.executable, str(GENERATE), "--checkpoint", str(out / "pesc/checkpoint"),
-                   "--prompts-file", str(prompts), "--prompt", "Add the numbers.\\n1 + 2", "--max-new-tokens", "4"])
+                   "--prompts-file", str(prompts), "--prompt", "Add the numbers.\\n1 + 2", "--max-new-tokens", "4",
+                   "--device", "cpu"])
     assert stdout.startswith(f"model: pesc: {out / 'pesc/checkpoint'} on {(out / 'dense').resolve()}")
     assert "> Add the numbers.\n1 + 2\n" in stdout
     assert f"exact match: " in stdout and f"/{len(TASKS)} = " in stdout
@@ -127,7 +131,8 @@ def test_generate_matches_the_evaluation_of_finetune(demo_run, capsys):
 def test_generate_with_the_base_alone(demo_run, capsys):
     out, _ = demo_run
     generate = _load_example("generate")
-    assert generate.main(["--base", str(out / "dense"), "--prompt", "Copy the text.\\nab", "--max-new-tokens", "3"]) == 0
+    assert generate.main(["--base", str(out / "dense"), "--prompt", "Copy the text.\\nab", "--max-new-tokens", "3",
+                          "--device", "cpu"]) == 0
     assert capsys.readouterr().out.startswith(f"model: base: {out / 'dense'}")
     with pytest.raises(SystemExit, match="give at least one --prompt"):
         generate.main(["--base", str(out / "dense")])
@@ -141,7 +146,7 @@ def test_full_finetune_on_user_jsonl_reusing_the_dense_model(demo_run, tmp_path,
     finetune = _load_example("finetune")
     assert finetune.main(["--method", "full", "--dense", str(out / "dense"), "--data", str(tmp_path / "train.jsonl"),
                           "--eval-fraction", "0.34", "--steps", "2", "--batch-size", "2", "--no-progress",
-                          "--max-new-tokens", "3", "--out", str(tmp_path / "run")]) == 0
+                          "--max-new-tokens", "3", "--device", "cpu", "--out", str(tmp_path / "run")]) == 0
     metrics = json.loads((tmp_path / "run/full/metrics.json").read_text())
     assert metrics["heldout"]["n"] == 2 and "held out" in metrics["data"]
     assert metrics["trainable"] == metrics["total"]
@@ -150,8 +155,20 @@ def test_full_finetune_on_user_jsonl_reusing_the_dense_model(demo_run, tmp_path,
     capsys.readouterr()
     generate = _load_example("generate")
     assert generate.main(["--checkpoint", str(tmp_path / "run/full/checkpoint"), "--prompt", "hi",
-                          "--max-new-tokens", "3"]) == 0
+                          "--max-new-tokens", "3", "--device", "cpu"]) == 0
     assert capsys.readouterr().out.startswith("model: full: ")
+
+
+def test_tiny_finetune_on_each_device(device, tmp_path):
+    """The default device choice runs everywhere: fp32 on the CPU, bf16 on a GPU (ops on its kernels)."""
+    out = tmp_path / device.type
+    _run([sys.executable, str(FINETUNE), "--method", "pesc", "--out", str(out), *TINY_SETTINGS,
+          "--device", str(device)])
+    metrics = json.loads((out / "pesc/metrics.json").read_text())
+    assert metrics["device"].startswith(device.type)
+    assert metrics["dtype"] == ("bfloat16" if device.type == "cuda" else "float32")
+    assert all(h["loss"] > 0 and h["router_loss"] > 0 for h in metrics["history"])
+    assert metrics["heldout"]["n"] == HELDOUT_PER_TASK * len(TASKS)
 
 
 @pytest.mark.parametrize("mode", ["ddp", "fsdp"])
