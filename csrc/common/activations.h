@@ -9,6 +9,8 @@
 // turns it into this enum, the one place names map to behaviour.
 #pragma once
 
+#include <type_traits>
+
 #include "common/host_device.h"
 
 namespace pesc {
@@ -28,36 +30,64 @@ constexpr float kGeluTanhCubic = 0.044715f;
 PESC_HD float sigmoid(float x) { return 1.f / (1.f + expf(-x)); }
 }  // namespace act_detail
 
-PESC_HD float activation_forward(Activation act, float x) {
+// The math of each activation, one specialisation per kind, so a loop over elements can fix the kind
+// at compile time (kernels over [rows, r] blocks then carry no per-element switch and can vectorise).
+template <Activation A>
+PESC_HD float activation_forward(float x) {
   using namespace act_detail;
-  switch (act) {
-    case Activation::Gelu: return 0.5f * x * (1.f + erff(x * kInvSqrt2));
-    case Activation::GeluTanh: return 0.5f * x * (1.f + tanhf(kSqrt2OverPi * (x + kGeluTanhCubic * x * x * x)));
-    case Activation::Silu: return x * sigmoid(x);
-    case Activation::Relu: return (x > 0.f || is_nan(x)) ? x : 0.f;
-    case Activation::Identity: break;
+  if constexpr (A == Activation::Gelu) {
+    return 0.5f * x * (1.f + erff(x * kInvSqrt2));
+  } else if constexpr (A == Activation::GeluTanh) {
+    return 0.5f * x * (1.f + tanhf(kSqrt2OverPi * (x + kGeluTanhCubic * x * x * x)));
+  } else if constexpr (A == Activation::Silu) {
+    return x * sigmoid(x);
+  } else if constexpr (A == Activation::Relu) {
+    return (x > 0.f || is_nan(x)) ? x : 0.f;
+  } else {
+    return x;
   }
-  return x;
 }
 
 // d act / dx at x.
-PESC_HD float activation_derivative(Activation act, float x) {
+template <Activation A>
+PESC_HD float activation_derivative(float x) {
   using namespace act_detail;
+  if constexpr (A == Activation::Gelu) {
+    return 0.5f * (1.f + erff(x * kInvSqrt2)) + x * kInvSqrt2Pi * expf(-0.5f * x * x);
+  } else if constexpr (A == Activation::GeluTanh) {
+    const float t = tanhf(kSqrt2OverPi * (x + kGeluTanhCubic * x * x * x));
+    const float du = kSqrt2OverPi * (1.f + 3.f * kGeluTanhCubic * x * x);
+    return 0.5f * (1.f + t) + 0.5f * x * (1.f - t * t) * du;
+  } else if constexpr (A == Activation::Silu) {
+    const float s = sigmoid(x);
+    return s * (1.f + x * (1.f - s));
+  } else if constexpr (A == Activation::Relu) {
+    return (x > 0.f || is_nan(x)) ? 1.f : 0.f;
+  } else {
+    return 1.f;
+  }
+}
+
+// Calls fn(std::integral_constant<Activation, A>{}) for the runtime kind `act`.
+template <typename Fn>
+PESC_HD decltype(auto) with_activation(Activation act, Fn&& fn) {
   switch (act) {
-    case Activation::Gelu: return 0.5f * (1.f + erff(x * kInvSqrt2)) + x * kInvSqrt2Pi * expf(-0.5f * x * x);
-    case Activation::GeluTanh: {
-      const float t = tanhf(kSqrt2OverPi * (x + kGeluTanhCubic * x * x * x));
-      const float du = kSqrt2OverPi * (1.f + 3.f * kGeluTanhCubic * x * x);
-      return 0.5f * (1.f + t) + 0.5f * x * (1.f - t * t) * du;
-    }
-    case Activation::Silu: {
-      const float s = sigmoid(x);
-      return s * (1.f + x * (1.f - s));
-    }
-    case Activation::Relu: return (x > 0.f || is_nan(x)) ? 1.f : 0.f;
+    case Activation::Gelu: return fn(std::integral_constant<Activation, Activation::Gelu>{});
+    case Activation::GeluTanh: return fn(std::integral_constant<Activation, Activation::GeluTanh>{});
+    case Activation::Silu: return fn(std::integral_constant<Activation, Activation::Silu>{});
+    case Activation::Relu: return fn(std::integral_constant<Activation, Activation::Relu>{});
     case Activation::Identity: break;
   }
-  return 1.f;
+  return fn(std::integral_constant<Activation, Activation::Identity>{});
+}
+
+// The same with the kind chosen at run time (the CUDA kernels, where the branch is uniform).
+PESC_HD float activation_forward(Activation act, float x) {
+  return with_activation(act, [x](auto kind) { return activation_forward<decltype(kind)::value>(x); });
+}
+
+PESC_HD float activation_derivative(Activation act, float x) {
+  return with_activation(act, [x](auto kind) { return activation_derivative<decltype(kind)::value>(x); });
 }
 
 }  // namespace pesc

@@ -24,6 +24,7 @@
 
 #include <algorithm>
 #include <numeric>
+#include <type_traits>
 #include <vector>
 
 #include "common/activations.h"
@@ -137,33 +138,34 @@ void weight_grads(const std::vector<WeightGrad>& products, const std::vector<int
   });
 }
 
-// a = scaling * act(h) over n contiguous elements.
-template <typename scalar_t>
-void scaled_activation(const scalar_t* h, scalar_t* a, int64_t n, Activation act, float scaling) {
-  for (int64_t i = 0; i < n; ++i) a[i] = scalar_t(scaling * activation_forward(act, static_cast<float>(h[i])));
-}
-
-// g = scaling * act'(h) * g in place over n contiguous elements (dA becomes dh).
-template <typename scalar_t>
-void activation_grad_inplace(const scalar_t* h, scalar_t* g, int64_t n, Activation act, float scaling) {
-  for (int64_t i = 0; i < n; ++i)
-    g[i] = scalar_t(scaling * activation_derivative(act, static_cast<float>(h[i])) * static_cast<float>(g[i]));
-}
-
-// The elementwise step of one row piece, in the dtype of the [N, r] buffers.
-void scaled_activation_rows(const at::Tensor& h, const at::Tensor& a, const Piece& p, Activation act, float scaling) {
+// Runs loop(kind, h_rows, out_rows, n) over one row piece of two [N, r] buffers of the same dtype, with
+// the activation kind a compile-time constant (no per-element switch in the loop).
+template <typename Loop>
+void activation_rows(const at::Tensor& h, const at::Tensor& out, const Piece& p, Activation act, const Loop& loop) {
   const int64_t r = h.size(1);
   PESC_DISPATCH_FLOAT_TYPES(h.scalar_type(), "adapter_activation", [&] {
-    scaled_activation(h.data_ptr<scalar_t>() + p.begin * r, a.data_ptr<scalar_t>() + p.begin * r, p.size() * r, act,
-                      scaling);
+    const scalar_t* src = h.data_ptr<scalar_t>() + p.begin * r;
+    scalar_t* dst = out.data_ptr<scalar_t>() + p.begin * r;
+    with_activation(act, [&](auto kind) { loop(kind, src, dst, p.size() * r); });
   });
 }
 
+// a = scaling * act(h) for one row piece.
+void scaled_activation_rows(const at::Tensor& h, const at::Tensor& a, const Piece& p, Activation act, float scaling) {
+  activation_rows(h, a, p, act, [scaling](auto kind, const auto* h_rows, auto* a_rows, int64_t n) {
+    using scalar_t = std::remove_pointer_t<decltype(a_rows)>;
+    for (int64_t i = 0; i < n; ++i)
+      a_rows[i] = scalar_t(scaling * activation_forward<decltype(kind)::value>(static_cast<float>(h_rows[i])));
+  });
+}
+
+// g = scaling * act'(h) * g in place for one row piece (dA becomes dh).
 void activation_grad_rows(const at::Tensor& h, const at::Tensor& g, const Piece& p, Activation act, float scaling) {
-  const int64_t r = h.size(1);
-  PESC_DISPATCH_FLOAT_TYPES(h.scalar_type(), "adapter_activation_grad", [&] {
-    activation_grad_inplace(h.data_ptr<scalar_t>() + p.begin * r, g.data_ptr<scalar_t>() + p.begin * r,
-                            p.size() * r, act, scaling);
+  activation_rows(h, g, p, act, [scaling](auto kind, const auto* h_rows, auto* g_rows, int64_t n) {
+    using scalar_t = std::remove_pointer_t<decltype(g_rows)>;
+    for (int64_t i = 0; i < n; ++i)
+      g_rows[i] = scalar_t(scaling * activation_derivative<decltype(kind)::value>(static_cast<float>(h_rows[i])) *
+                           static_cast<float>(g_rows[i]));
   });
 }
 
