@@ -17,6 +17,7 @@ checkpoint/} for each tuned model, and results.md, summary.json, loss_curves.png
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -37,6 +38,13 @@ from pesc_kernels.train.tokenizer import load_tokenizer  # noqa: E402
 PRESETS = {"camelidae": "camelidae", "pesc-script": "pesc_script", "sparsetral": "sparsetral"}
 
 
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -53,14 +61,14 @@ def parse_args(argv=None):
     g.add_argument("--heldout-per-task", type=int, default=50, help="synthetic held-out examples per task")
     g.add_argument("--max-length", type=int, default=256, help="longest allowed encoded conversation")
     g = p.add_argument_group("dense pre-training (embedded model only)")
-    g.add_argument("--dense-steps", type=int, default=1200)
+    g.add_argument("--dense-steps", type=positive_int, default=1200)
     g.add_argument("--dense-lr", type=float, default=1e-3)
     g = p.add_argument_group("fine-tuning")
     g.add_argument("--method", choices=methods.METHODS, default="pesc")
     g.add_argument("--baseline", choices=("none",) + methods.METHODS, default="none",
                    help="also tune the dense model with this method and compare")
-    g.add_argument("--steps", type=int, default=800)
-    g.add_argument("--batch-size", type=int, default=32, help="conversations per step per process")
+    g.add_argument("--steps", type=positive_int, default=800)
+    g.add_argument("--batch-size", type=positive_int, default=32, help="conversations per step per process")
     g.add_argument("--lr", type=float, default=2e-3)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--out", type=Path, default=Path("outputs/finetune"))
@@ -97,9 +105,9 @@ def parse_args(argv=None):
 def pesc_config_from_args(args):
     import pesc_kernels
 
-    defaults = dict(num_experts=8, top_k=2, adapter_dim=16, scaling=1.0, adapter_dropout=0.0,
-                    aux_loss_coef=0.01, z_loss_coef=0.0)
-    base = getattr(pesc_kernels.PESCConfig, PRESETS[args.preset])().to_dict() if args.preset else defaults
+    # Without --preset: the library defaults with rank-16 adapters, sized for the embedded model.
+    preset = getattr(pesc_kernels.PESCConfig, PRESETS[args.preset])() if args.preset else None
+    base = (preset or pesc_kernels.PESCConfig(adapter_dim=16)).to_dict()
     explicit = dict(num_experts=args.num_experts, top_k=args.top_k, adapter_dim=args.adapter_dim,
                     activation=args.activation, scaling=args.scaling, adapter_dropout=args.adapter_dropout,
                     aux_loss_coef=args.aux_loss_coef, z_loss_coef=args.z_loss_coef,
@@ -124,19 +132,34 @@ def method_spec(method, args, base_dir, pesc):
                       lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout, lora_targets=targets)
 
 
+def usage_error(args, device) -> str | None:
+    """Why this combination of flags cannot run, checked before any work starts (None: it can)."""
+    if args.load_in_4bit and (reason := four_bit_unavailable_reason(device)):
+        return reason
+    if args.load_in_4bit and args.fsdp:
+        return "--fsdp cannot shard 4-bit (bitsandbytes) weights; use DDP (drop --fsdp)"
+    if args.fsdp and int(os.environ.get("WORLD_SIZE", "1")) < 2:
+        return "--fsdp needs several processes: launch with torchrun --nproc_per_node=N"
+    if args.model and args.dense:
+        return "give --model (a Hugging Face checkpoint) or --dense (an earlier dense model), not both"
+    if args.data and not (args.model or args.dense):
+        return ("--data: the embedded model is pre-trained on the synthetic tasks, so with your own data give "
+                "--model (a Hugging Face checkpoint) or --dense (the dense model of an earlier run)")
+    if args.eval_data and not args.data:
+        return "--eval-data holds out part of your --data; give --data as well"
+    return None
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     quiet_libraries()
-    device = resolve_device(args.device)
-    if args.load_in_4bit and (reason := four_bit_unavailable_reason(device)):
-        print(f"error: {reason}", file=sys.stderr)
+    try:
+        device = resolve_device(args.device)
+    except (RuntimeError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
         return 2
-    if args.load_in_4bit and args.fsdp:
-        print("error: --fsdp cannot shard 4-bit (bitsandbytes) weights; use DDP (drop --fsdp)", file=sys.stderr)
-        return 2
-    if args.model and args.dense:
-        print("error: give --model (a Hugging Face checkpoint) or --dense (an earlier dense model), not both",
-              file=sys.stderr)
+    if problem := usage_error(args, device):
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     dist_info = distributed.init_distributed(device)
     dtype = default_dtype(device) if args.dtype == "auto" else getattr(torch, args.dtype)
@@ -159,7 +182,8 @@ def main(argv=None) -> int:
         say(f"dense model: {base_dir}")
     tokenizer = load_tokenizer(base_dir)
 
-    pesc = pesc_config_from_args(args) if "pesc" in (args.method, args.baseline) else None
+    # Also for a LoRA-only run: --lora-rank auto matches the trainable count of this PESC config.
+    pesc = pesc_config_from_args(args)
     rows = [{"name": "dense (before tuning)", "heldout": evaluate_base(base_dir, tokenizer, data, settings)}]
     curves = {}
     for method in [args.method] + ([args.baseline] if args.baseline not in ("none", args.method) else []):

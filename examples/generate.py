@@ -28,7 +28,7 @@ except ImportError:  # running from a clone (built in place): use its python/ di
 from pesc_kernels.data import Conversation, load_jsonl  # noqa: E402
 from pesc_kernels.train import methods  # noqa: E402
 from pesc_kernels.train.encoding import prompt_ids  # noqa: E402
-from pesc_kernels.train.evaluate import generate  # noqa: E402
+from pesc_kernels.train.evaluate import generate, is_exact_match  # noqa: E402
 from pesc_kernels.train.models import default_dtype, load_base, quiet_libraries, resolve_device  # noqa: E402
 from pesc_kernels.train.tokenizer import load_tokenizer  # noqa: E402
 
@@ -72,6 +72,8 @@ def load_model(args, device):
         raise SystemExit("error: give --checkpoint, or --base to generate with a base model alone")
     dtype = default_dtype(device)
     if info and info["method"] == "full":  # a whole fine-tuned model, tokenizer saved with it
+        if args.base:
+            raise SystemExit("error: --base does not apply to a full fine-tuning checkpoint: it holds the whole model")
         return load_base(args.checkpoint, device, dtype), load_tokenizer(args.checkpoint), f"full: {args.checkpoint}"
     tokenizer = load_tokenizer(base_dir)
     model = load_base(base_dir, device, dtype)
@@ -96,7 +98,7 @@ def main(argv=None) -> int:
         reference = conversation.answer or None
         record = {"prompt": conversation.prompt_messages[-1]["content"], "generated": text}
         if reference is not None:
-            record |= {"expected": reference, "correct": text.strip() == reference.strip()}
+            record |= {"expected": reference, "correct": is_exact_match(text, reference)}
             checked.append(record["correct"])
         if args.json:
             print(json.dumps(record, ensure_ascii=False))

@@ -23,9 +23,12 @@ def test_splits_are_deterministic():
     assert heldout_split(10, seed=3) == heldout_split(10, seed=3)
     assert pretrain_split(10, seed=3) == pretrain_split(10, seed=3)
     assert train_split(20, seed=3) != train_split(20, seed=4)
-    # a split depends only on its own size: the held-out set does not move when training data grows
-    assert heldout_split(10, seed=3) == heldout_split(10, seed=3, tasks=list(TASKS))
-    assert train_split(5, seed=3)[0] in train_split(5, seed=3)
+    # growing the held-out set keeps the smaller one: each family's stream starts the same way
+    small, large = heldout_split(5, seed=3), heldout_split(40, seed=3)
+    for task in TASKS:
+        assert [e for e in large if e.task == task][:5] == [e for e in small if e.task == task]
+    # the training split skips the held-out pairs it is built against, so it depends on that size too
+    assert train_split(20, seed=3, heldout_per_task=5) != train_split(20, seed=3, heldout_per_task=40)
 
 
 def test_determinism_across_processes():

@@ -311,3 +311,13 @@ def test_bad_input_errors():
         PESCMoE(lambda x: x, 16, config)
     with pytest.raises(ValueError, match="hidden_size must be a positive int"):
         PESCMoE(make_ffn(16), 0, config)
+
+
+def test_layer_is_created_on_the_device_of_an_integer_only_ffn():
+    """Quantised FFNs (4-bit weights are uint8) have no float parameter to copy a dtype from; the router
+    and adapters must still land on the FFN's device (meta stands in for a GPU here)."""
+    ffn = torch.nn.Module()
+    ffn.packed = torch.nn.Parameter(torch.zeros(16, dtype=torch.uint8, device="meta"), requires_grad=False)
+    layer = PESCMoE(ffn, 8, PESCConfig(num_experts=2, top_k=1, adapter_dim=2))
+    assert {p.device.type for p in (layer.router.weight, layer.w_down, layer.w_up)} == {"meta"}
+    assert layer.w_down.dtype == torch.get_default_dtype()

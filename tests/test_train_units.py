@@ -253,3 +253,92 @@ def test_pesc_method_counts_and_meta_device_estimate(tok):
     assert all(p.requires_grad == ("mlp." in n and "_proj" not in n) for n, p in crafted.named_parameters())
     with pytest.raises(ValueError, match="needs a PESCConfig"):
         methods.apply_method(build_tiny_llama(tok, seed=0, **TINY), "pesc")
+
+
+# --- review fixes: continuation tokenization, devices, vocabulary padding, argument checks ---------------
+def _sentencepiece_style_tokenizer():
+    """A tokenizer that, like Llama-2/Mistral's, puts a word-start marker at the start of every encode."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    chars = ["▁"] + [chr(c) for c in range(33, 127)]
+    backend = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(chars)}, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    template = ("{% for m in messages %}{% if m['role'] == 'user' %}[INST] {{ m['content'] }} [/INST]"
+                "{% else %}{{ m['content'] }}</s>{% endif %}{% endfor %}")
+    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="</s>", chat_template=template)
+
+
+def test_answers_are_tokenized_as_continuations_of_the_prompt():
+    tok = _sentencepiece_style_tokenizer()
+    conversation = _chat("1+2", "3")
+    encoded = encode_conversation(tok, conversation)
+    full = tok.encode(tok.apply_chat_template(list(conversation.messages), tokenize=False), add_special_tokens=False)
+    assert encoded.input_ids == full  # no extra word-start marker before the answer
+    trained = [tok.convert_ids_to_tokens(i) for i, label in zip(encoded.input_ids, encoded.labels)
+               if label != IGNORE_INDEX]
+    assert trained == ["3", "</s>"]  # encoded on its own, "3</s>" would start with a word-start marker
+    assert encoded.input_ids[:len(prompt_ids(tok, conversation))] == prompt_ids(tok, conversation)
+
+
+def test_resolve_device_under_torchrun(monkeypatch):
+    from pesc_kernels.train.models import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert resolve_device("cuda") == torch.device("cuda", 1) == resolve_device("auto")
+    with pytest.raises(ValueError, match="not a fixed index"):
+        resolve_device("cuda:0")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.delenv("LOCAL_RANK")
+    assert resolve_device("cuda") == torch.device("cuda", 0)
+    assert resolve_device("cuda:3") == torch.device("cuda", 3)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(RuntimeError, match="CUDA is not available"):
+        resolve_device("cuda")
+
+
+def test_generation_never_emits_ids_the_tokenizer_cannot_decode(tok):
+    from pesc_kernels.train.evaluate import generate, unused_vocab_ids
+
+    model = build_tiny_llama(tok, seed=0, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                             num_attention_heads=2, num_key_value_heads=2)
+    unused = unused_vocab_ids(model, tok)
+    assert unused == list(range(len(tok), model.config.vocab_size)) and unused  # the embedding is padded
+    with torch.no_grad():  # make the padding ids the most likely next tokens
+        model.lm_head.weight[unused] = 0
+        model.lm_head.weight[unused, 0] = 1e3
+        model.model.norm.weight.fill_(1.0)
+    prompt = prompt_ids(tok, _chat("q", "a"))
+    texts = generate(model, tok, [prompt], max_new_tokens=5, device=torch.device("cpu"))
+    assert len(texts) == 1  # decoding did not raise on a padding id
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--fsdp"], "--fsdp needs several processes"),
+    (["--data", "train.jsonl"], "give --model"),
+    (["--eval-data", "held.jsonl"], "--eval-data holds out part of your --data"),
+    (["--model", "m", "--dense", "d"], "not both"),
+])
+def test_finetune_refuses_flag_combinations_before_any_work(argv, message, capsys, monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    finetune = _load_example("finetune")
+    assert finetune.main(argv + ["--device", "cpu"]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_finetune_rejects_non_positive_steps(capsys):
+    finetune = _load_example("finetune")
+    with pytest.raises(SystemExit):
+        finetune.parse_args(["--steps", "0"])
+    assert "must be at least 1" in capsys.readouterr().err
+
+
+def test_lora_only_run_matches_the_scripts_pesc_config():
+    finetune = _load_example("finetune")
+    args = finetune.parse_args(["--method", "lora", "--adapter-dim", "8"])
+    config = finetune.pesc_config_from_args(args)
+    assert config.adapter_dim == 8 and config.num_experts == 8 and config.top_k == 2
+    assert finetune.pesc_config_from_args(finetune.parse_args([])).adapter_dim == 16

@@ -51,8 +51,9 @@ class MoEAdapterBase(nn.Module):
         if isinstance(hidden_size, bool) or not isinstance(hidden_size, int) or hidden_size < 1:
             raise ValueError(f"hidden_size must be a positive int; got {hidden_size!r}")
         reference_param = next((p for p in ffn.parameters() if p.is_floating_point()), None)
-        if device is None and reference_param is not None:
-            device = reference_param.device
+        if device is None:  # quantised FFNs (4-bit) have integer weights only: still on the FFN's device
+            placed = reference_param if reference_param is not None else next(ffn.parameters(), None)
+            device = placed.device if placed is not None else None
         if dtype is None:
             dtype = reference_param.dtype if reference_param is not None else torch.get_default_dtype()
 

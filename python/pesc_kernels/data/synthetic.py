@@ -3,8 +3,9 @@
 Splits: ``heldout`` (evaluation), ``train`` (instruction tuning, all families) and ``pretrain`` (the
 dense model's brief pre-training, generic families only). The held-out split is drawn first from its
 own random stream, and the other splits never contain a held-out (task, input) pair, so held-out
-exact match measures generalisation to unseen inputs. Every split depends only on (seed, split name,
-its own size), so for example the held-out set does not change when the training set grows.
+exact match measures generalisation to unseen inputs. The held-out split depends only on (seed, its
+size), so it does not change when the training set grows; the training and pre-training splits depend
+on (seed, their size, the held-out size), since they skip the held-out pairs.
 Randomness comes from ``random.Random`` seeded with strings, which is stable across processes and
 Python runs (no dependence on PYTHONHASHSEED).
 """

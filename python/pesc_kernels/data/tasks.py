@@ -4,7 +4,10 @@ Every family exercises a distinct skill (arithmetic, ordering, counting, retriev
 copying, ...), so the experts of a crafted model have something to specialise in. ``make`` draws the
 task's values, renders the input text and computes the answer from those values; ``solve`` parses the
 rendered input text alone and computes the answer again, so the checker in
-:mod:`pesc_kernels.data.synthetic` is an independent re-solve, not a replay of the generator.
+:mod:`pesc_kernels.data.synthetic` re-solves each task from its text rather than replaying the
+generator. For the rule families whose answer is a function of the text itself (copy, upper,
+vowels) the two sides necessarily apply the same rule; the check there guards the rendering and
+parsing.
 
 Inputs and answers are short ASCII strings, so a byte-level model of a few million parameters can
 learn them in a few hundred steps.

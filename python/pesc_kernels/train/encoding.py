@@ -4,9 +4,13 @@ Each conversation is rendered with the tokenizer's chat template. The text is cu
 boundaries: for the i-th message, if it is an assistant turn, the text the template adds for it
 (``render(messages[:i+1])`` minus ``render(messages[:i], add_generation_prompt=True)``, i.e. the
 answer and its end-of-turn marker) is trained; everything else (system and user turns, role headers,
-the generation prompt) gets label -100, so only answer tokens count in the loss. Segments are
-tokenized separately and concatenated, so a label boundary never falls inside a token, and the
-prompt is tokenized exactly as generation tokenizes it.
+the generation prompt) gets label -100, so only answer tokens count in the loss. The text up to each
+segment boundary is tokenized whole and each segment's tokens are what it adds to the previous
+boundary's tokens, so a label boundary never falls inside a token, the prompt is tokenized exactly
+as generation tokenizes it, and a segment is tokenized as a continuation (SentencePiece tokenizers
+do not get a spurious word-start marker at the start of each answer). Where a tokenizer merges
+across a boundary (the shorter text's tokens are not a prefix of the longer's), that segment is
+tokenized on its own instead.
 """
 from __future__ import annotations
 
@@ -63,9 +67,11 @@ def encode_conversation(tokenizer, conversation, max_length: int | None = None) 
     Raises ValueError when the encoding is longer than ``max_length``: truncating would silently
     drop (part of) an answer.
     """
-    ids, labels = [], []
+    ids, labels, text_so_far = [], [], ""
     for text, trained in _segments(tokenizer, list(conversation.messages)):
-        piece = tokenizer.encode(text, add_special_tokens=False)
+        text_so_far += text
+        whole = tokenizer.encode(text_so_far, add_special_tokens=False)
+        piece = whole[len(ids):] if whole[:len(ids)] == ids else tokenizer.encode(text, add_special_tokens=False)
         ids += piece
         labels += piece if trained else [IGNORE_INDEX] * len(piece)
     if max_length is not None and len(ids) > max_length:

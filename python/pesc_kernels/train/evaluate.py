@@ -26,6 +26,18 @@ def stop_token_ids(model, tokenizer) -> list[int]:
     return sorted(i for i in ids if i is not None)
 
 
+def unused_vocab_ids(model, tokenizer) -> list[int]:
+    """Ids the model can emit but the tokenizer cannot decode (the embedding is padded, e.g. to a
+    multiple of 8): generation suppresses them."""
+    vocab = model.get_output_embeddings().weight.shape[0]
+    return list(range(len(tokenizer), vocab))
+
+
+def is_exact_match(text: str, reference: str) -> bool:
+    """The exact-match criterion: equal after stripping surrounding whitespace."""
+    return text.strip() == reference.strip()
+
+
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[list[int]], *, max_new_tokens: int, device,
              batch_size: int = 64) -> list[str]:
@@ -33,12 +45,13 @@ def generate(model, tokenizer, prompts: list[list[int]], *, max_new_tokens: int,
     was_training = model.training
     model.eval()
     stops = stop_token_ids(model, tokenizer)
+    suppress = {"suppress_tokens": unused} if (unused := unused_vocab_ids(model, tokenizer)) else {}
     texts = []
     for start in range(0, len(prompts), batch_size):
         batch = {k: v.to(device) for k, v in left_padded_prompts(prompts[start:start + batch_size],
                                                                  tokenizer.pad_token_id).items()}
         out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stops,
-                             pad_token_id=tokenizer.pad_token_id)
+                             pad_token_id=tokenizer.pad_token_id, **suppress)
         for row in out[:, batch["input_ids"].shape[1]:].tolist():
             cut = next((i for i, tok in enumerate(row) if tok in stops), len(row))
             texts.append(tokenizer.decode(row[:cut], skip_special_tokens=True))
@@ -67,7 +80,7 @@ def exact_match(model, tokenizer, conversations, *, device, max_new_tokens: int 
     for index, text in results:
         conversation = conversations[index]
         task = conversation.task or "all"
-        ok = text.strip() == conversation.answer.strip()
+        ok = is_exact_match(text, conversation.answer)
         correct[task].append(ok)
         if len(samples[task]) < keep_samples:
             samples[task].append({"prompt": conversation.prompt_messages[-1]["content"],

@@ -62,9 +62,11 @@ def train(model, batches, *, steps: int, lr: float, device, desc: str = "train",
     """
     from tqdm.auto import tqdm
 
+    if steps < 1:
+        raise ValueError(f"train: steps must be at least 1, got {steps}")
     optimizer = make_optimizer(model, lr, weight_decay)
     scheduler = warmup_cosine(optimizer, steps)
-    trainable = [p for p in model.parameters() if p.requires_grad]
+    trainable = optimizer.param_groups[0]["params"]
     model.train()
     history, tokens, start = [], 0.0, time.perf_counter()
     bar = tqdm(range(steps), desc=desc, disable=not show_progress, dynamic_ncols=True, mininterval=1.0)

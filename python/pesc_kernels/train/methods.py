@@ -19,8 +19,6 @@ from pathlib import Path
 
 import torch
 
-from .models import parameter_counts
-
 METHODS = ("pesc", "lora", "full")
 DEFAULT_LORA_TARGETS = ("gate_proj", "up_proj", "down_proj")
 INFO_FILE = "finetune_info.json"
@@ -89,12 +87,9 @@ def parameter_summary(model, method: str) -> dict:
     """Parameter counts: total, trainable, activated_per_token (all weights one token uses) and
     trainable_per_token (the trainable ones among them: PESC routes a token through only k of the E
     adapters, so this is less than ``trainable`` for PESC and equal to it for dense methods)."""
-    if method == "pesc":
-        import pesc_kernels
+    import pesc_kernels
 
-        counts = dict(pesc_kernels.trainable_parameter_summary(model))
-    else:
-        counts = parameter_counts(model)
+    counts = dict(pesc_kernels.trainable_parameter_summary(model))  # activated == total without PESC layers
     counts["trainable_per_token"] = counts["trainable"] - (counts["total"] - counts["activated_per_token"])
     return counts
 

@@ -24,14 +24,21 @@ def quiet_libraries() -> None:
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """"auto": this process's GPU (LOCAL_RANK under torchrun) when CUDA is available, else the CPU."""
+    """The device of this process. "auto": the GPU when CUDA is available, else the CPU. A GPU without
+    an index ("auto", "cuda") is this process's own: LOCAL_RANK under torchrun, else GPU 0. An explicit
+    index ("cuda:1") is only allowed in a single-process run, where it cannot put every rank on one GPU."""
     if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        return torch.device("cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
+    if device.type != "cuda":
+        return device
+    if not torch.cuda.is_available():
         raise RuntimeError(f"--device {name}: CUDA is not available on this machine")
+    if device.index is None:
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError(f"--device {name}: under torchrun give --device cuda (each process takes the GPU of "
+                         "its LOCAL_RANK), not a fixed index")
     return device
 
 
@@ -64,11 +71,3 @@ def load_base(path, device: torch.device, dtype: torch.dtype, load_in_4bit: bool
         return AutoModelForCausalLM.from_pretrained(path, quantization_config=quantization, dtype=dtype,
                                                     device_map={"": device})
     return AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
-
-
-def parameter_counts(model) -> dict:
-    """total / trainable / activated-per-token parameter counts of a dense model (every weight is used
-    by every token, so activated_per_token == total)."""
-    total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return {"total": total, "trainable": trainable, "activated_per_token": total}

@@ -62,6 +62,8 @@ def load_data(*, train_path=None, eval_path=None, eval_fraction: float = 0.1, tr
     from ..data import heldout_split, load_jsonl, pretrain_split, train_split
 
     if train_path is None:
+        if eval_path is not None:
+            raise ValueError("a held-out file (eval_path) needs a training file (train_path) as well")
         return Data(
             train=[ex.to_conversation() for ex in train_split(train_per_task, seed, heldout_per_task=heldout_per_task)],
             heldout=[ex.to_conversation() for ex in heldout_split(heldout_per_task, seed)],
@@ -150,6 +152,11 @@ def finetune(spec: MethodSpec, base_dir, tokenizer, data: Data, settings: RunSet
                                  lora_targets=spec.lora_targets)
     if not settings.load_in_4bit:
         model = model.to(settings.device, settings.dtype)
+    elif spec.method == "pesc":  # 4-bit FFN weights give no float dtype to copy: use the compute dtype
+        import pesc_kernels
+
+        for parameter in pesc_kernels.pesc_parameters(model):
+            parameter.data = parameter.data.to(settings.device, settings.dtype)
     params = methods.parameter_summary(model, spec.method)
     encoded = encode_all(tokenizer, data.train, settings.max_length)
     batches = batch_stream(encoded, settings.batch_size, tokenizer.pad_token_id, settings.seed + 2,
