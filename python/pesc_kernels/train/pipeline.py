@@ -54,7 +54,7 @@ class Data:
 
 
 def load_data(*, train_path=None, eval_path=None, eval_fraction: float = 0.1, train_per_task: int = 1000,
-              heldout_per_task: int = 30, pretrain_per_task: int = 1000, seed: int = 0) -> Data:
+              heldout_per_task: int = 50, pretrain_per_task: int = 1000, seed: int = 0) -> Data:
     """User JSONL when ``train_path`` is given, else the synthetic splits.
 
     Without ``eval_path``, a seeded ``eval_fraction`` of the user records is held out (and not trained on).
@@ -85,14 +85,13 @@ def load_data(*, train_path=None, eval_path=None, eval_fraction: float = 0.1, tr
                 f"{train_path} ({n_eval} records held out)")
 
 
-def pretrain_dense(data: Data, settings: RunSettings, out_dir, *, steps: int, lr: float,
-                   model_sizes: dict | None = None) -> Path:
+def pretrain_dense(data: Data, settings: RunSettings, out_dir, *, steps: int, lr: float) -> Path:
     """Pre-train the embedded tiny Llama densely; rank 0 saves it (and its tokenizer) to ``out_dir``."""
     out_dir = Path(out_dir)
     if not data.pretrain:
         raise ValueError("dense pre-training needs the synthetic pre-training split (it is empty for user data)")
     tokenizer = ByteTokenizer()
-    model = build_tiny_llama(tokenizer, settings.seed, **(model_sizes or {})).to(settings.device, settings.dtype)
+    model = build_tiny_llama(tokenizer, settings.seed).to(settings.device, settings.dtype)
     encoded = encode_all(tokenizer, data.pretrain, settings.max_length)
     batches = batch_stream(encoded, settings.batch_size, tokenizer.pad_token_id, settings.seed + 1,
                            settings.dist.rank, settings.dist.world_size)
