@@ -54,7 +54,7 @@ test-cpu-only: deps
 	PESC_WITH_CUDA=0 PESC_BUILD_DIR=$(CPU_ONLY_DIR)/cmake $(PYTHON) setup.py -q build_ext --build-lib $(CPU_ONLY_DIR)/pkg
 	PYTHONPATH=$(CPU_ONLY_DIR)/pkg $(PYTHON) -m pesc_kernels info | tee $(CPU_ONLY_DIR)/info.txt
 	grep -q "CUDA kernels     not compiled" $(CPU_ONLY_DIR)/info.txt
-	PYTHONPATH=$(CPU_ONLY_DIR)/pkg $(PYTHON) -m pytest tests -q -p no:cacheprovider -o pythonpath=$(CPU_ONLY_DIR)/pkg
+	PYTHONPATH=$(CPU_ONLY_DIR)/pkg $(PYTHON) -m pytest tests -q -p no:cacheprovider -o pythonpath="$(CPU_ONLY_DIR)/pkg examples"
 
 bench: build
 	$(RUN) -m pytest benchmarks -q --benchmark-json build/bench.json

@@ -28,12 +28,12 @@ try:
 except ImportError:  # running from a clone (built in place): use its python/ directory
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
 
-from pesc_kernels.train import distributed, methods, report  # noqa: E402
-from pesc_kernels.train.models import (  # noqa: E402
+from pesc_demo.train import distributed, methods, report  # noqa: E402
+from pesc_demo.train.models import (  # noqa: E402
     default_dtype, four_bit_unavailable_reason, quiet_libraries, resolve_device)
-from pesc_kernels.train.pipeline import (  # noqa: E402
+from pesc_demo.train.pipeline import (  # noqa: E402
     MethodSpec, RunSettings, evaluate_base, finetune, load_data, pretrain_dense)
-from pesc_kernels.train.tokenizer import load_tokenizer  # noqa: E402
+from pesc_demo.train.tokenizer import load_tokenizer  # noqa: E402
 
 PRESETS = {"camelidae": "camelidae", "pesc-script": "pesc_script", "sparsetral": "sparsetral"}
 

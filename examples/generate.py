@@ -25,12 +25,12 @@ try:
 except ImportError:  # running from a clone (built in place): use its python/ directory
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
 
-from pesc_kernels.data import Conversation, load_jsonl  # noqa: E402
-from pesc_kernels.train import methods  # noqa: E402
-from pesc_kernels.train.encoding import prompt_ids  # noqa: E402
-from pesc_kernels.train.evaluate import generate, is_exact_match  # noqa: E402
-from pesc_kernels.train.models import default_dtype, load_base, quiet_libraries, resolve_device  # noqa: E402
-from pesc_kernels.train.tokenizer import load_tokenizer  # noqa: E402
+from pesc_demo.data import Conversation, load_jsonl  # noqa: E402
+from pesc_demo.train import methods  # noqa: E402
+from pesc_demo.train.encoding import prompt_ids  # noqa: E402
+from pesc_demo.train.evaluate import generate, is_exact_match  # noqa: E402
+from pesc_demo.train.models import default_dtype, load_base, quiet_libraries, resolve_device  # noqa: E402
+from pesc_demo.train.tokenizer import load_tokenizer  # noqa: E402
 
 
 def parse_args(argv=None):

@@ -1,11 +1,11 @@
-"""pesc_kernels.data: the synthetic generator (deterministic, every answer re-solved) and JSONL loading."""
+"""pesc_demo.data: the synthetic generator (deterministic, every answer re-solved) and JSONL loading."""
 import json
 import subprocess
 import sys
 
 import pytest
 
-from pesc_kernels.data import (
+from pesc_demo.data import (
     GENERIC_TASKS, TASKS, Conversation, Example, JSONLError, check_example, heldout_split, load_jsonl,
     parse_record, pretrain_split, train_split, verify, write_jsonl)
 
@@ -33,7 +33,7 @@ def test_splits_are_deterministic():
 
 def test_determinism_across_processes():
     """String-seeded streams must not depend on the interpreter's hash randomisation."""
-    code = ("import json; from pesc_kernels.data import train_split; "
+    code = ("import json; from pesc_demo.data import train_split; "
             "print(json.dumps([e.to_record() for e in train_split(3, seed=1)]))")
     # a fixed hash seed in the child; this process hashes with its own (random unless set)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
@@ -165,7 +165,7 @@ def test_parse_record_directly():
 
 
 def test_export_cli(tmp_path, capsys):
-    from pesc_kernels.data.__main__ import main
+    from pesc_demo.data.__main__ import main
 
     assert main(["export", str(tmp_path), "--train-per-task", "3", "--heldout-per-task", "2"]) == 0
     assert f"train.jsonl: {3 * len(TASKS)} examples" in capsys.readouterr().out

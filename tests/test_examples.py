@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 import pesc_kernels
-from pesc_kernels.data import TASKS, heldout_split, write_jsonl
+from pesc_demo.data import TASKS, heldout_split, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 FINETUNE = ROOT / "examples" / "finetune.py"
@@ -215,8 +215,8 @@ def _hf_checkpoint(directory, chat_template=True):
 
 def test_finetune_accepts_a_local_hf_checkpoint(tmp_path, capsys):
     """--model: the checkpoint's own tokenizer and chat template (ChatML) drive masking and generation."""
-    from pesc_kernels.train.encoding import IGNORE_INDEX, encode_conversation
-    from pesc_kernels.train.tokenizer import load_tokenizer
+    from pesc_demo.train.encoding import IGNORE_INDEX, encode_conversation
+    from pesc_demo.train.tokenizer import load_tokenizer
 
     tokenizer = _hf_checkpoint(tmp_path / "hf")
     loaded = load_tokenizer(tmp_path / "hf")

@@ -1,18 +1,18 @@
-"""pesc_kernels.train building blocks: tokenizer, prompt masking, batching, loss, reports, method helpers."""
+"""pesc_demo.train building blocks: tokenizer, prompt masking, batching, loss, reports, method helpers."""
 import json
 
 import pytest
 import torch
 
-from pesc_kernels.data import Conversation, Example
-from pesc_kernels.train import methods, report
-from pesc_kernels.train.batching import batch_stream, index_stream
-from pesc_kernels.train.encoding import (
+from pesc_demo.data import Conversation, Example
+from pesc_demo.train import methods, report
+from pesc_demo.train.batching import batch_stream, index_stream
+from pesc_demo.train.encoding import (
     IGNORE_INDEX, collate, encode_all, encode_conversation, left_padded_prompts, prompt_ids)
-from pesc_kernels.train.loop import answer_loss, final_loss, warmup_cosine
-from pesc_kernels.train.models import four_bit_unavailable_reason
-from pesc_kernels.train.tiny_llama import build_tiny_llama
-from pesc_kernels.train.tokenizer import ByteTokenizer, is_byte_tokenizer_dir, load_tokenizer
+from pesc_demo.train.loop import answer_loss, final_loss, warmup_cosine
+from pesc_demo.train.models import four_bit_unavailable_reason
+from pesc_demo.train.tiny_llama import build_tiny_llama
+from pesc_demo.train.tokenizer import ByteTokenizer, is_byte_tokenizer_dir, load_tokenizer
 
 TINY = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=2,
             num_key_value_heads=2)
@@ -282,7 +282,7 @@ def test_answers_are_tokenized_as_continuations_of_the_prompt():
 
 
 def test_resolve_device_under_torchrun(monkeypatch):
-    from pesc_kernels.train.models import resolve_device
+    from pesc_demo.train.models import resolve_device
 
     assert resolve_device("cpu") == torch.device("cpu")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -301,7 +301,7 @@ def test_resolve_device_under_torchrun(monkeypatch):
 
 
 def test_generation_never_emits_ids_the_tokenizer_cannot_decode(tok):
-    from pesc_kernels.train.evaluate import generate, unused_vocab_ids
+    from pesc_demo.train.evaluate import generate, unused_vocab_ids
 
     model = build_tiny_llama(tok, seed=0, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                              num_attention_heads=2, num_key_value_heads=2)

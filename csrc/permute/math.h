@@ -1,0 +1,27 @@
+// Per-element math of the permutation ops (DESIGN.md 2.2), shared by the CPU and CUDA kernels.
+//
+//   permute:   the sort key of routed slot s = t*k + j is its expert id; a stable sort by key gives
+//              x_perm[row_map[t, j]] = x[t], and offsets[e] = #slots with key < e.
+//   unpermute: y[t] = residual[t] + sum_j w[t, j] * y_perm[row_map[t, j]], accumulated in fp32 in
+//              the order j = 0..k-1, then the residual.
+#pragma once
+
+#include <cstdint>
+
+#include "core/host_device.h"
+
+namespace pesc {
+
+// The bucket of an expert id in the permutation sort. The CPU entry point rejects ids outside
+// [0, E) before sorting, so there this is the identity. The CUDA path cannot raise without a host
+// sync, so it routes an invalid id to the nearest valid expert (negative -> 0, >= E -> E-1):
+// every output stays a well-formed permutation with offsets[E] = N, so no op downstream can read
+// out of bounds.
+PESC_HD uint32_t expert_sort_key(int32_t expert, int32_t num_experts) {
+  return static_cast<uint32_t>(expert < 0 ? 0 : (expert >= num_experts ? num_experts - 1 : expert));
+}
+
+// One term of the weighted combine: acc + w * v (w = 1 when the op has no weights).
+PESC_HD float combine_term(float acc, float w, float v) { return acc + w * v; }
+
+}  // namespace pesc
