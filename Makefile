@@ -16,7 +16,7 @@ CPU_ONLY_DIR := build/cpu-only
 # Run against the in-place build in python/ (the package is not installed into the environment).
 RUN := PYTHONPATH=$(CURDIR)/python $(PYTHON)
 
-.PHONY: deps build demo test test-main test-cpu-only install-check bench bench-summary results clean
+.PHONY: deps build demo test test-main test-cpu-only install-check lint format bench bench-summary results clean
 
 deps:
 	@if [ "$(PYTHON)" = ".venv/bin/python" ] && [ ! -x .venv/bin/python ]; then \
@@ -28,7 +28,7 @@ build: deps
 	$(PYTHON) setup.py -q build_ext --inplace
 
 # The demo: pre-train the embedded tiny Llama, tune it with PESC and with a LoRA baseline of about the
-# same trainable size, print the comparison table, then the benchmark summary (< 15 min on 2 cores).
+# same trainable size, print the comparison table, then the benchmark summary (about 12 min on 2 CPU cores).
 DEMO_OUT ?= outputs/demo
 DEMO_ARGS ?=
 demo: build
@@ -56,6 +56,17 @@ test-cpu-only: deps
 	grep -q "CUDA kernels     not compiled" $(CPU_ONLY_DIR)/info.txt
 	PYTHONPATH=$(CPU_ONLY_DIR)/pkg $(PYTHON) -m pytest tests -q -p no:cacheprovider -o pythonpath="$(CPU_ONLY_DIR)/pkg examples"
 
+# ruff (Python) and clang-format (C++/CUDA), with the versions pinned in requirements-dev.txt.
+CXX_SOURCES = $(shell git ls-files 'csrc/*.cpp' 'csrc/*.h' 'csrc/*.cu' 'csrc/*.cuh')
+lint: deps
+	$(PYTHON) -m ruff check .
+	$(dir $(PYTHON))clang-format --dry-run --Werror $(CXX_SOURCES)
+
+# Rewrite the C++/CUDA sources in the clang-format style and apply ruff's safe fixes.
+format: deps
+	$(PYTHON) -m ruff check --fix .
+	$(dir $(PYTHON))clang-format -i $(CXX_SOURCES)
+
 bench: build
 	$(RUN) -m pytest benchmarks -q --benchmark-json build/bench.json
 	$(PYTHON) benchmarks/summarize.py build/bench.json
@@ -66,7 +77,7 @@ install-check: build
 	$(PYTHON) -m pip install -q --no-build-isolation --no-deps --target build/install-check .
 	PYTHONPATH=build/install-check build/install-check/bin/pesc-bench --tiny --no-memory --out build/bench-tiny
 
-# The benchmark runner's quick size set: table + chart (part of the demo; < 3 min on 2 cores).
+# The benchmark runner's quick size set: table + chart (part of the demo; a few minutes).
 bench-summary: build
 	$(RUN) -m pesc_kernels.bench --quick --out outputs/bench
 

@@ -131,7 +131,8 @@ class CMakeBuild(build_ext):
 
         with_cuda, cuda_root, _ = _resolve_cuda(torch)
         out_dir = Path(self.get_ext_fullpath(ext.name)).resolve().parent
-        tag = f"py{sys.version_info.major}{sys.version_info.minor}-torch{torch.__version__.split('+')[0]}-{'cuda' if with_cuda else 'cpu'}"
+        python_tag = f"py{sys.version_info.major}{sys.version_info.minor}"
+        tag = f"{python_tag}-torch{torch.__version__.split('+')[0]}-{'cuda' if with_cuda else 'cpu'}"
         build_dir = Path(os.environ.get("PESC_BUILD_DIR", ROOT / "build" / tag)).resolve()
         build_dir.mkdir(parents=True, exist_ok=True)
 
@@ -161,7 +162,8 @@ class CMakeBuild(build_ext):
         with open(log_path, "w") as log:
             self._run([cmake, str(ROOT), *args], build_dir, log)
             self._run([cmake, "--build", ".", "--parallel", jobs], build_dir, log)
-        print(f"pesc_kernels: built with CUDA={'on' if with_cuda else 'off'}; log (with ptxas resource usage): {log_path}")
+        print(f"pesc_kernels: built with CUDA={'on' if with_cuda else 'off'}; "
+              f"log (with ptxas resource usage): {log_path}")
 
     @staticmethod
     def _run(cmd, cwd, log):
@@ -187,10 +189,15 @@ setup(
     cmdclass={"build_ext": CMakeBuild},
     entry_points={"console_scripts": ["pesc-bench=pesc_kernels.bench.__main__:main"]},
     python_requires=">=3.9",
-    install_requires=["torch>=2.5", "numpy", "safetensors", "tqdm", "matplotlib"],
+    # The ops, the layer, crafting and checkpoints need torch and safetensors only; each extra names
+    # what one feature needs, and the feature's error message names the extra.
+    install_requires=["torch>=2.5", "safetensors"],
     extras_require={
         "hf": ["transformers>=4.45", "peft>=0.13", "accelerate"],
-        "test": ["pytest", "pytest-benchmark", "expecttest", "transformers>=4.45", "peft>=0.13", "accelerate"],
+        "bench": ["tqdm", "matplotlib"],
+        "examples": ["transformers>=4.45", "peft>=0.13", "accelerate", "tqdm", "matplotlib"],
+        "test": ["pytest", "pytest-benchmark", "expecttest", "transformers>=4.45", "peft>=0.13", "accelerate",
+                 "tqdm", "matplotlib"],
     },
     zip_safe=False,
 )

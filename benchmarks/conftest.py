@@ -1,6 +1,6 @@
-"""pytest-benchmark options shared by every bench_<family>.py.
+"""pytest-benchmark options and the case parametrization of test_benchmarks.py.
 
-    pytest benchmarks/bench_gating.py --bench-device cuda --bench-dtype bfloat16
+    pytest benchmarks --bench-family gating --bench-device cuda --bench-dtype bfloat16
 
 Each case's candidates are timed as separate benchmarks in one group (the group name is the case
 id), so the table shows the baseline and ours side by side from the same run;
@@ -14,6 +14,8 @@ def pytest_addoption(parser):
     parser.addoption("--bench-device", default="cpu", choices=["cpu", "cuda"], help="device to benchmark on")
     parser.addoption("--bench-dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     parser.addoption("--bench-size", default="full", choices=["tiny", "quick", "full", "gpu"], help="size set")
+    parser.addoption("--bench-family", default=None, choices=["gating", "permute", "adapter", "layer"],
+                     help="one family (default: all)")
 
 
 @pytest.fixture(scope="session")
@@ -50,13 +52,13 @@ def run_case(benchmark, case, candidate, device, dtype):
 
 
 def pytest_generate_tests(metafunc):
-    """Parametrize `case, candidate` from the module's FAMILY and the --bench-size option."""
+    """Parametrize `case, candidate` from the --bench-family and --bench-size options."""
     if "case" not in metafunc.fixturenames:
         return
     from pesc_kernels.bench import cases_for
 
     size = metafunc.config.getoption("--bench-size")
     params = [pytest.param(case, candidate, id=f"{case.id}-{candidate}")
-              for case in cases_for(metafunc.module.FAMILY, size)
+              for case in cases_for(metafunc.config.getoption("--bench-family"), size)
               for candidate in case.candidates]
     metafunc.parametrize("case,candidate", params)

@@ -1,5 +1,5 @@
-// The Python module pesc_kernels._C. Importing it runs the static op registrations in
-// registration.cpp; the only Python-visible function is build_info(), used by
+// The Python module pesc_kernels._C. Importing it runs the static op registrations of every
+// family (csrc/<family>/ops.cpp, cpu.cpp, cuda.cpp); the only Python-visible function is build_info(), used by
 // `python -m pesc_kernels info`. Tensors never cross pybind11: ops go through torch.ops.pesc.
 #include <pybind11/pybind11.h>
 

@@ -29,10 +29,8 @@ except ImportError:  # running from a clone (built in place): use its python/ di
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
 
 from pesc_demo.train import distributed, methods, report  # noqa: E402
-from pesc_demo.train.models import (  # noqa: E402
-    default_dtype, four_bit_unavailable_reason, quiet_libraries, resolve_device)
-from pesc_demo.train.pipeline import (  # noqa: E402
-    MethodSpec, RunSettings, evaluate_base, finetune, load_data, pretrain_dense)
+from pesc_demo.train.models import default_dtype, four_bit_unavailable_reason, quiet_libraries, resolve_device  # noqa: E402
+from pesc_demo.train.pipeline import MethodSpec, RunSettings, evaluate_base, finetune, load_data, pretrain_dense  # noqa: E402
 from pesc_demo.train.tokenizer import load_tokenizer  # noqa: E402
 
 PRESETS = {"camelidae": "camelidae", "pesc-script": "pesc_script", "sparsetral": "sparsetral"}

@@ -7,13 +7,13 @@
 # 2. runs the whole test suite (CUDA cases run because a GPU is visible),
 # 3. runs compute-sanitizer memcheck and racecheck over scripts/sanitize_ops.py, which calls every
 #    CUDA op forward and backward,
-# 4. runs the benchmark runner on CUDA (bf16, the "gpu" size set: the DESIGN/issue GPU target shapes,
-#    sized for a ~15-minute device lease): the same cases as benchmarks/bench_*.py,
+# 4. runs the benchmark runner on CUDA (bf16, the "gpu" size set: the GPU target shapes of
+#    docs/design.md, "Performance", a few minutes in all): the same cases as benchmarks/test_benchmarks.py,
 #    plus copy-bandwidth/matmul calibration; OUTDIR/results.json and OUTDIR/speedups.png. Copy
 #    results.json to benchmarks/results/cuda-bfloat16-gpu.json and run benchmarks/make_results.py
 #    to publish the figures.
 # Every step runs even if an earlier one fails; OUTDIR/summary.txt lists PASS/FAIL per step and the
-# script exits non-zero if any step failed. Keep OUTDIR flat (the device tool returns <= 8 files).
+# script exits non-zero if any step failed. OUTDIR stays flat: a handful of logs and results.
 set -uo pipefail
 OUT=${1:?usage: scripts/gpu_check.sh OUTDIR}
 mkdir -p "$OUT"

@@ -1,4 +1,4 @@
-"""Comparison helpers following DESIGN.md's tolerance rule.
+"""Comparison helpers following the tolerance rule of docs/design.md, "Testing".
 
 fp32 results must match the reference to about 1e-5 relative. For fp16/bf16 the error of our
 result against a float64 run of the reference must be within a small multiple of the error the

@@ -3,12 +3,13 @@
 Covers values and all gradients over odd segmentations (empty experts, one expert holding every row,
 N = 0, E = 64 with N = 50, segments straddling 64-row tiles), d not a multiple of 8, ranks 1 to
 1024 (both CUDA adapter paths: fused for r <= 128, two-pass above), every activation, all dtypes,
-opcheck on every op including the backward ops, torch.compile(fullgraph=True), bitwise
-determinism, partial gradients (output_mask) and bad input.
+partial gradients (output_mask), non-contiguous inputs, and on CUDA offset clamping and TF32. The
+generic contract (opcheck, torch.compile, determinism, bad input, mixed devices, fallback) is
+tests/test_op_contract.py.
 """
 import pytest
 import torch
-from _helpers import assert_bitwise_deterministic, assert_close_to_reference, call_cpu_kernel
+from _helpers import assert_close_to_reference
 from conftest import FLOAT_DTYPES
 
 from pesc_kernels import ops, reference
@@ -183,129 +184,6 @@ def test_non_contiguous_inputs(device):
         assert torch.equal(leaf.grad, expected.grad)
 
 
-def _opcheck_inputs(device):
-    counts, d, r = [9, 0, 20, 1], 24, 12
-    for dtype in FLOAT_DTYPES:
-        x, w_down, w_up, offsets, upstream = adapter_inputs(counts, d, r, dtype, device)
-        yield x, w_down, w_up, offsets, upstream.to(dtype)
-
-
-def test_opcheck(device):
-    for x, w_down, w_up, offsets, grad_y in _opcheck_inputs(device):
-        leaves = [t.clone().requires_grad_(True) for t in (x, w_down, w_up)]
-        torch.library.opcheck(torch.ops.pesc.grouped_mm, (leaves[0], leaves[1], offsets))
-        torch.library.opcheck(torch.ops.pesc.grouped_mm, (x, leaves[1], offsets))
-        grad_h = torch.randn(x.shape[0], w_down.shape[2], device=device, dtype=x.dtype)
-        for mask in ([True, True], [True, False], [False, True]):
-            torch.library.opcheck(torch.ops.pesc.grouped_mm_backward, (grad_h, x, w_down, offsets, mask))
-        for activation, scaling in (("gelu", 1.0), ("relu", 0.5), ("identity", 1.0)):
-            torch.library.opcheck(torch.ops.pesc.adapter, (*leaves, offsets, activation, scaling))
-            h = torch.ops.pesc.adapter(x, w_down, w_up, offsets, activation, scaling)[1]
-            for mask in ([True, True, True], [False, True, True], [True, False, False]):
-                torch.library.opcheck(torch.ops.pesc.adapter_backward,
-                                      (grad_y, x, w_down, w_up, offsets, h, activation, scaling, mask))
-
-
-def test_torch_compile_fullgraph(device):
-    torch._dynamo.reset()
-    counts, d, r = [50, 0, 31, 47], 32, 16
-    x, w_down, w_up, offsets, upstream = adapter_inputs(counts, d, r, torch.float32, device)
-    w = torch.randn(len(counts), d, 8, device=device)
-
-    def step(x, w_down, w_up, w):
-        y = ops.adapter(x, w_down, w_up, offsets, "gelu", 0.5)
-        return (ops.grouped_mm(x + y, w, offsets) * upstream[:, :8]).sum()
-
-    compiled = torch.compile(step, fullgraph=True)
-    results = []
-    for fn in (step, compiled):
-        leaves = [t.clone().requires_grad_(True) for t in (x, w_down, w_up, w)]
-        loss = fn(*leaves)
-        loss.backward()
-        results.append([loss.detach()] + [t.grad for t in leaves])
-    for eager, comp in zip(*results):
-        torch.testing.assert_close(eager, comp)
-
-
-def _run_all(x, w_down, w_up, w, offsets, upstream):
-    leaves = [t.clone().requires_grad_(True) for t in (x, w_down, w_up, w)]
-    y = ops.adapter(leaves[0], leaves[1], leaves[2], offsets, "gelu", 0.5)
-    z = ops.grouped_mm(leaves[0], leaves[3], offsets)
-    ((y * upstream).sum() + z.float().pow(2).sum()).backward()
-    return [y, z] + [t.grad for t in leaves]
-
-
-@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
-def test_bitwise_deterministic(device, dtype):
-    counts = torch.bincount(torch.randint(0, 8, (3000,), generator=torch.Generator().manual_seed(1)),
-                            minlength=8).tolist()
-    x, w_down, w_up, offsets, upstream = adapter_inputs(counts, 160, 64, dtype, device)
-    w = torch.randn(8, 160, 48, device=device, dtype=dtype)
-    upstream = upstream.to(dtype)
-    assert_bitwise_deterministic(lambda: _run_all(x, w_down, w_up, w, offsets, upstream), device)
-
-
-def test_bad_input_errors(device):
-    x = torch.randn(10, 8, device=device)
-    w = torch.randn(3, 8, 5, device=device)
-    w_down = torch.randn(3, 8, 4, device=device)
-    w_up = torch.randn(3, 4, 8, device=device)
-    offs = torch.tensor([0, 4, 4, 10], device=device)
-    gmm, adp = ops.grouped_mm, ops.adapter
-    cases = [
-        (lambda: gmm(x[0], w, offs), ValueError, "pesc.grouped_mm: x must be a 2-D tensor"),
-        (lambda: gmm(x.int(), w, offs), TypeError, "x must be float32, float16 or bfloat16"),
-        (lambda: gmm(x.double(), w.double(), offs), TypeError, "x must be float32, float16 or bfloat16"),
-        (lambda: gmm(x, w[0], offs), ValueError, r"w must be a 3-D tensor \[E, K, M\]"),
-        (lambda: gmm(x, w.half(), offs), TypeError, r"w must have the dtype of x \(Float\), got Half"),
-        (lambda: gmm(x, w[:, :7], offs), ValueError, r"w.shape\[1\] must equal x.shape\[1\] \(K\) \(8\)"),
-        (lambda: gmm(x, w[:0], offs[:1]), ValueError, r"w.shape\[0\] \(number of experts E\) must be >= 1"),
-        (lambda: gmm(x, w, offs.int()), TypeError, "expert_offsets must be Long, got Int"),
-        (lambda: gmm(x, w, offs[None]), ValueError, r"expert_offsets must be a 1-D tensor \[E\+1\]"),
-        (lambda: gmm(x, w, offs[:3]), ValueError,
-         r"expert_offsets.shape\[0\] must equal the number of experts E plus 1 \(4\)"),
-        (lambda: adp(x, w_down, w_up, offs, "tanh"), ValueError, "pesc.adapter: unknown activation 'tanh'; valid:"),
-        (lambda: adp(x, w_down[:, :6], w_up, offs), ValueError, r"w_down.shape\[1\] must equal x.shape\[1\] \(d\)"),
-        (lambda: adp(x, w_down, w_up[:, :3], offs), ValueError, r"w_up.shape\[1\] must equal w_down.shape\[2\] \(r\)"),
-        (lambda: adp(x, w_down, w_up[:, :, :7], offs), ValueError, r"w_up.shape\[2\] must equal x.shape\[1\] \(d\)"),
-        (lambda: adp(x, w_down, w_up[:2], offs), ValueError, r"w_up.shape\[0\] must equal w_down.shape\[0\] \(E\)"),
-        (lambda: adp(x, w_down[:, :, :0], w_up[:, :0], offs), ValueError, "adapter rank r\\) must be >= 1"),
-        (lambda: adp(x, w_down, w_up.bfloat16(), offs), TypeError, "w_up must have the dtype of x"),
-        (lambda: adp(x, w_down, w_up, offs[:2]), ValueError, r"expert_offsets.shape\[0\] must equal"),
-        (lambda: torch.ops.pesc.adapter_backward(x[:9], x, w_down, w_up, offs, x[:, :4], "gelu", 1.0, [True] * 3),
-         ValueError, r"pesc.adapter_backward: grad_y.shape\[0\] must equal the number of rows N of x"),
-        (lambda: torch.ops.pesc.adapter_backward(x, x, w_down, w_up, offs, x[:, :3], "gelu", 1.0, [True] * 3),
-         ValueError, r"h.shape\[1\] must equal w_down.shape\[2\] \(r\)"),
-        (lambda: torch.ops.pesc.grouped_mm_backward(x[:, :4], x, w, offs, [True, True]), ValueError,
-         r"pesc.grouped_mm_backward: grad_y.shape\[1\] must equal w.shape\[2\] \(M\)"),
-    ]
-    if device.type == "cpu":  # the values of the offsets are read on the CPU only (no host sync on CUDA)
-        cases += [
-            (lambda: gmm(x, w, torch.tensor([1, 4, 4, 10])), ValueError, r"expert_offsets\[0\] must be 0, got 1"),
-            (lambda: adp(x, w_down, w_up, torch.tensor([0, 5, 3, 10])), ValueError,
-             r"expert_offsets must be non-decreasing, got expert_offsets\[1\]=5 > expert_offsets\[2\]=3"),
-            (lambda: gmm(x, w, torch.tensor([0, 4, 4, 9])), ValueError,
-             r"expert_offsets\[E=3\] must equal the number of rows N=10 of x, got 9"),
-        ]
-    for fn, error, pattern in cases:
-        with pytest.raises(error, match=pattern):
-            fn()
-
-
-def test_mixed_devices_error():
-    x, w, offs = torch.randn(10, 8), torch.randn(3, 8, 5), torch.tensor([0, 4, 4, 10])
-    with pytest.raises(ValueError, match="expert_offsets is on meta but x is on cpu"):
-        call_cpu_kernel(torch.ops.pesc.grouped_mm, x, w, offs.to("meta"))
-    with pytest.raises(ValueError, match="w_up is on meta but x is on cpu"):
-        call_cpu_kernel(torch.ops.pesc.adapter, x, torch.randn(3, 8, 4), torch.randn(3, 4, 8, device="meta"), offs,
-                        "gelu", 1.0)
-    if torch.cuda.is_available():
-        with pytest.raises(ValueError, match="all tensors must be on the same device"):
-            ops.grouped_mm(x.cuda(), w.cuda(), offs)
-        with pytest.raises(ValueError, match="all tensors must be on the same device"):
-            ops.adapter(x.cuda(), torch.randn(3, 8, 4), torch.randn(3, 4, 8).cuda(), offs.cuda())
-
-
 # CUDA-only behaviour (offset clamping, TF32): collected only where a GPU is visible, like the
 # CUDA cases of the device-parametrized tests.
 if torch.cuda.is_available():
@@ -343,14 +221,3 @@ if torch.cuda.is_available():
         assert (exact.double() - expected).abs().max().item() <= 1e-5 * scale
         assert (tf32.double() - expected).abs().max().item() <= 1e-2 * scale
 
-
-def test_reference_fallback(monkeypatch):
-    """Without a kernel for the device the wrappers return the reference's result (y only)."""
-    from pesc_kernels import _library
-
-    x, w_down, w_up, offsets, _ = adapter_inputs([4, 0, 6], 8, 4, torch.float32, "cpu")
-    monkeypatch.setattr(_library, "has_kernel", lambda op, device_type: False)
-    monkeypatch.setattr(_library, "_warned_devices", {"cpu"})
-    assert torch.equal(ops.adapter(x, w_down, w_up, offsets, "silu", 0.5),
-                       reference.adapter(x, w_down, w_up, offsets, "silu", 0.5))
-    assert torch.equal(ops.grouped_mm(x, w_down, offsets), reference.grouped_mm(x, w_down, offsets))

@@ -10,8 +10,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
-from transformers import (AutoConfig, LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM,
-                          Qwen2Config, Qwen2ForCausalLM)
+from transformers import (
+    AutoConfig,
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
 
 import pesc_kernels
 from pesc_kernels import PESCConfig, PESCMoE, craft, load_pesc, reference, router_losses, save_pesc
@@ -349,7 +356,8 @@ def test_save_load_round_trip_gives_identical_logits(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pesc_adapters.safetensors", "pesc_config.json"]
     assert PESCConfig.from_json_file(tmp_path / "pesc_config.json") == SMALL
     saved = load_file(tmp_path / "pesc_adapters.safetensors")
-    assert len(saved) == 3 * LAYERS and sum(t.numel() for t in saved.values()) == pesc_kernels.trainable_parameter_summary(model)["trainable"]
+    trainable = pesc_kernels.trainable_parameter_summary(model)["trainable"]
+    assert len(saved) == 3 * LAYERS and sum(t.numel() for t in saved.values()) == trainable
     inputs = batch()
     expected = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
     loaded = load_pesc(tiny_model(), tmp_path)
@@ -417,7 +425,8 @@ def test_bad_checkpoints_give_clear_errors(tmp_path):
         with pytest.raises(error, match=message):
             load_pesc(base, path)
         assert not pesc_layers(base), f"{path.name}: a failed load must not modify the model"
-    with pytest.raises(ValueError, match=r"saved from a model with hidden_size=48 \(llama\); this model has hidden_size=64"):
+    with pytest.raises(ValueError,
+                       match=r"saved from a model with hidden_size=48 \(llama\); this model has hidden_size=64"):
         load_pesc(tiny_model(hidden_size=64), good)
     with pytest.raises(ValueError, match="already crafted with"):
         load_pesc(craft(tiny_model(), PESCConfig(num_experts=4, top_k=1, adapter_dim=8)), good)

@@ -6,8 +6,20 @@ import sys
 import pytest
 
 from pesc_demo.data import (
-    GENERIC_TASKS, TASKS, Conversation, Example, JSONLError, check_example, heldout_split, load_jsonl,
-    parse_record, pretrain_split, train_split, verify, write_jsonl)
+    GENERIC_TASKS,
+    TASKS,
+    Conversation,
+    Example,
+    JSONLError,
+    check_example,
+    heldout_split,
+    load_jsonl,
+    parse_record,
+    pretrain_split,
+    train_split,
+    verify,
+    write_jsonl,
+)
 
 
 def test_at_least_eight_families_with_distinct_skills_and_instructions():

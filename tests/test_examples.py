@@ -105,7 +105,7 @@ def test_generate_loads_the_pesc_checkpoint(demo_run, tmp_path):
                    "--device", "cpu"])
     assert stdout.startswith(f"model: pesc: {out / 'pesc/checkpoint'} on {(out / 'dense').resolve()}")
     assert "> Add the numbers.\n1 + 2\n" in stdout
-    assert f"exact match: " in stdout and f"/{len(TASKS)} = " in stdout
+    assert "exact match: " in stdout and f"/{len(TASKS)} = " in stdout
 
 
 def _assert_generate_reproduces_evaluation(out, method, capsys):

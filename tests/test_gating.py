@@ -1,11 +1,12 @@
 """Routing ops (topk_gating, load_balancing_loss, router_z_loss) against the reference, on every device.
 
-Covers values and gradients over odd shapes and all dtypes, tie-breaking, NaN rows, masking,
-opcheck, torch.compile(fullgraph=True), bitwise determinism and bad input.
+Covers values and gradients over odd shapes and all dtypes, tie-breaking, NaN rows, masking and
+non-contiguous logits. The generic contract (opcheck, torch.compile, determinism, bad input, mixed
+devices, fallback) is tests/test_op_contract.py.
 """
 import pytest
 import torch
-from _helpers import assert_bitwise_deterministic, assert_close_to_reference
+from _helpers import assert_close_to_reference
 from conftest import FLOAT_DTYPES
 
 from pesc_kernels import ops, reference
@@ -155,131 +156,3 @@ def test_non_contiguous_logits_are_accepted(device):
     assert torch.equal(ops.router_z_loss(logits), ops.router_z_loss(logits.contiguous()))
     assert torch.equal(ops.load_balancing_loss(logits, i), ops.load_balancing_loss(logits.contiguous(), i))
 
-
-def _sample_inputs(device):
-    T, E, k = 37, 12, 3
-    for dtype in FLOAT_DTYPES:
-        logits = torch.randn(T, E, device=device, dtype=dtype, requires_grad=True)
-        _, indices = reference.topk_gating(logits.detach(), k)
-        mask = torch.rand(T, device=device) > 0.25
-        yield logits, indices, mask, k
-
-
-def test_opcheck(device):
-    for logits, indices, mask, k in _sample_inputs(device):
-        weights, _ = ops.topk_gating(logits.detach(), k)
-        grad_w = torch.randn_like(weights)
-        grad_scalar = torch.tensor(1.5, device=device)
-        detached = logits.detach()
-        for normalize in (True, False):
-            torch.library.opcheck(torch.ops.pesc.topk_gating, (logits, k, normalize))
-            torch.library.opcheck(torch.ops.pesc.topk_gating_backward, (grad_w, detached, weights, indices, normalize))
-        for m in (None, mask):
-            torch.library.opcheck(torch.ops.pesc.load_balancing_loss, (logits, indices, m))
-            torch.library.opcheck(torch.ops.pesc.router_z_loss, (logits, m))
-            torch.library.opcheck(torch.ops.pesc.load_balancing_loss_backward, (grad_scalar, detached, indices, m))
-            torch.library.opcheck(torch.ops.pesc.router_z_loss_backward, (grad_scalar, detached, m))
-
-
-def test_torch_compile_fullgraph(device):
-    torch._dynamo.reset()
-    T, E, k = 64, 8, 2
-    logits = torch.randn(T, E, device=device)
-    mask = torch.rand(T, device=device) > 0.2
-    upstream = torch.randn(T, k, device=device)
-
-    def step(x, m):
-        weights, indices = ops.topk_gating(x, k)
-        return (weights * upstream).sum() + ops.load_balancing_loss(x, indices, m) + 0.1 * ops.router_z_loss(x, m)
-
-    compiled = torch.compile(step, fullgraph=True)
-    results = []
-    for fn in (step, compiled):
-        x = logits.clone().requires_grad_(True)
-        loss = fn(x, mask)
-        loss.backward()
-        results.append((loss.detach(), x.grad))
-    torch.testing.assert_close(results[0][0], results[1][0])
-    torch.testing.assert_close(results[0][1], results[1][1])
-
-
-def _run_all(logits, mask, k):
-    x = logits.clone().requires_grad_(True)
-    weights, indices = ops.topk_gating(x, k)
-    loss = (weights * torch.linspace(0, 1, k, device=x.device)).sum()
-    balance = ops.load_balancing_loss(x, indices, mask)
-    z = ops.router_z_loss(x, mask)
-    (loss + balance + z).backward()
-    return [weights, indices, balance, z, x.grad]
-
-
-@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
-def test_bitwise_deterministic(device, dtype):
-    logits = make_logits(9000, 64, dtype, device, seed=3)
-    mask = torch.rand(9000, device=device) > 0.1
-    assert_bitwise_deterministic(lambda: _run_all(logits, mask, 4), device)
-
-
-def test_bad_input_errors(device):
-    logits = torch.randn(5, 8, device=device)
-    idx = torch.zeros(5, 2, dtype=torch.int32, device=device)
-    cases = [
-        (lambda: ops.topk_gating(logits[0], 2), ValueError, "logits must be a 2-D tensor"),
-        (lambda: ops.topk_gating(logits.to(torch.int64), 2), TypeError, "logits must be float32, float16 or bfloat16"),
-        (lambda: ops.topk_gating(logits.double(), 2), TypeError, "logits must be float32"),
-        (lambda: ops.topk_gating(logits, 0), ValueError, r"k must be in \[1, E=8\], got k=0"),
-        (lambda: ops.topk_gating(logits, 9), ValueError, r"k must be in \[1, E=8\], got k=9"),
-        (lambda: ops.topk_gating(torch.randn(2, 1025, device=device), 1), ValueError, "must be in \\[1, 1024\\]"),
-        (lambda: ops.topk_gating(torch.randn(2, 0, device=device), 1), ValueError, "number of experts E"),
-        (lambda: ops.router_z_loss(logits, torch.ones(4, dtype=torch.bool, device=device)), ValueError,
-         r"mask.shape\[0\] must equal the number of tokens T"),
-        (lambda: ops.router_z_loss(logits, torch.ones(5, device=device)), TypeError, "mask must be Bool"),
-        (lambda: ops.load_balancing_loss(logits, idx, torch.ones(5, 1, dtype=torch.bool, device=device)),
-         ValueError, "mask must be a 1-D tensor"),
-        (lambda: ops.load_balancing_loss(logits, idx.long()), TypeError, "indices must be Int"),
-        (lambda: ops.load_balancing_loss(logits, idx[:3]), ValueError, r"indices.shape\[0\] must equal"),
-        (lambda: ops.load_balancing_loss(logits, torch.zeros(5, 9, dtype=torch.int32, device=device)), ValueError,
-         r"indices.shape\[1\] \(k\) must be in"),
-    ]
-    if device.type == "cpu":
-        bad_ids = idx.clone()
-        bad_ids[3, 1] = 8
-        cases.append((lambda: ops.load_balancing_loss(logits, bad_ids), IndexError,
-                      r"expert id 8 at \[3, 1\], outside \[0, num_experts=8\)"))
-    for fn, error, pattern in cases:
-        with pytest.raises(error, match=pattern):
-            fn()
-
-
-def test_mixed_devices_error():
-    logits = torch.randn(5, 8)
-    meta_mask = torch.ones(5, dtype=torch.bool, device="meta")
-    # With no GPU the meta device stands in for "another device": call the CPU kernel directly,
-    # since the dispatcher would otherwise route a meta argument to the fake implementation.
-    cpu_kernel = torch._C.DispatchKeySet(torch._C.DispatchKey.CPU)
-    with pytest.raises(ValueError, match="mask is on meta but logits is on cpu; all tensors must be on the same"):
-        torch.ops.pesc.router_z_loss.default.redispatch(cpu_kernel, logits, meta_mask)
-    if torch.cuda.is_available():
-        gpu_logits = logits.cuda()
-        with pytest.raises(ValueError, match="all tensors must be on the same device"):
-            ops.router_z_loss(gpu_logits, torch.ones(5, dtype=torch.bool))
-        with pytest.raises(ValueError, match="all tensors must be on the same device"):
-            ops.load_balancing_loss(gpu_logits, torch.zeros(5, 2, dtype=torch.int32))
-
-
-def test_reference_fallback_warns_once(monkeypatch):
-    """A device with no kernel runs the reference with a single warning (simulated for CPU)."""
-    from pesc_kernels import _library
-
-    monkeypatch.setattr(_library, "has_kernel", lambda op, device_type: False)
-    monkeypatch.setattr(_library, "_warned_devices", set())
-    logits = torch.randn(6, 4)
-    with pytest.warns(RuntimeWarning, match="falling back to the pure-PyTorch reference on cpu"):
-        w, i = ops.topk_gating(logits, 2)
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        ops.router_z_loss(logits)
-    w_ref, i_ref = reference.topk_gating(logits, 2)
-    assert torch.equal(i, i_ref) and torch.equal(w, w_ref)

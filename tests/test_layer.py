@@ -15,8 +15,7 @@ from transformers.models.llama.modeling_llama import LlamaMLP
 
 from pesc_kernels import PESCConfig, PESCMoE, _library, reference
 
-REFERENCE_LAYERS = {"reference": reference.PESCMoE, "camelidae": reference.CamelidaeMoE,
-                    "sparsetral": reference.SparsetralMoE}
+REFERENCE_IMPLS = ("reference", "camelidae", "sparsetral")  # PESCMoE(impl=...) besides the default "ops"
 
 
 def make_ffn(d, device="cpu", dtype=torch.float32, seed=0):
@@ -25,9 +24,9 @@ def make_ffn(d, device="cpu", dtype=torch.float32, seed=0):
     return LlamaMLP(config).to(device=device, dtype=dtype)
 
 
-def make_layer(cls, d, config, device="cpu", dtype=torch.float32, seed=0, ffn=None):
+def make_layer(impl, d, config, device="cpu", dtype=torch.float32, seed=0, ffn=None):
     """A layer with non-trivial adapters (w_up is zero at init) and well-separated router logits."""
-    layer = cls(ffn if ffn is not None else make_ffn(d, device, dtype, seed), d, config)
+    layer = PESCMoE(ffn if ffn is not None else make_ffn(d, device, dtype, seed), d, config, impl=impl)
     torch.manual_seed(seed + 1)
     with torch.no_grad():
         layer.w_up.copy_(0.5 * torch.randn(layer.w_up.shape, dtype=torch.float64))
@@ -35,10 +34,10 @@ def make_layer(cls, d, config, device="cpu", dtype=torch.float32, seed=0, ffn=No
     return layer
 
 
-def copy_layer(cls, layer, ffn=None, dtype=None):
-    """``cls`` on the same FFN and parameters (converted to ``dtype``)."""
+def copy_layer(impl, layer, ffn=None, dtype=None):
+    """A layer of ``impl`` on the same FFN and parameters (converted to ``dtype``)."""
     ffn = ffn if ffn is not None else layer.ffn
-    other = cls(ffn, layer.hidden_size, layer.config)
+    other = PESCMoE(ffn, layer.hidden_size, layer.config, impl=impl)
     other.load_state_dict({k: v.to(dtype) if dtype else v for k, v in layer.state_dict().items()})
     return other.train(layer.training)
 
@@ -156,14 +155,14 @@ CASES = [  # T, d, E, k, r, activation, scaling, normalize
 def test_matches_reference_layers(T, d, E, k, r, activation, scaling, normalize, device):
     config = PESCConfig(num_experts=E, top_k=k, adapter_dim=r, activation=activation, scaling=scaling,
                         normalize_top_k=normalize)
-    layer = make_layer(PESCMoE, d, config, device, seed=T + E)
+    layer = make_layer("ops", d, config, device, seed=T + E)
     x = torch.randn(T, d, device=device)
     upstream = torch.randn(T, d, dtype=torch.float64, device=device)
     ours = outputs_and_grads(layer, x, upstream)
-    for label, cls in REFERENCE_LAYERS.items():
+    for label in REFERENCE_IMPLS:
         if label == "camelidae" and not normalize:
             continue  # the official forward cannot express unnormalised weights (checked below)
-        other = copy_layer(cls, layer)
+        other = copy_layer(label, layer)
         theirs = outputs_and_grads(other, x, upstream)
         for name, a, b in zip(NAMES, ours, theirs):
             assert_close_fp32(a, b, f"{label} {name} T={T} E={E} k={k} {activation}")
@@ -174,14 +173,14 @@ def test_matches_reference_layers(T, d, E, k, r, activation, scaling, normalize,
 
 def test_batched_input_matches_flat_input(device):
     config = PESCConfig(num_experts=4, top_k=2, adapter_dim=8)
-    layer = make_layer(PESCMoE, 16, config, device)
+    layer = make_layer("ops", 16, config, device)
     x = torch.randn(3, 7, 16, device=device)
     assert torch.equal(layer(x), layer(x.reshape(21, 16)).reshape(3, 7, 16))
 
 
 def test_camelidae_rejects_unnormalized_weights():
     with pytest.raises(ValueError, match="normalize_top_k=False is not representable"):
-        reference.CamelidaeMoE(make_ffn(8), 8, PESCConfig(num_experts=4, top_k=2, normalize_top_k=False))
+        PESCMoE(make_ffn(8), 8, PESCConfig(num_experts=4, top_k=2, normalize_top_k=False), impl="camelidae")
 
 
 # ------------------------------------------------------------------------ agreement (fp16 / bf16)
@@ -190,11 +189,11 @@ def test_low_precision_within_reference_error(dtype, device):
     """Ours vs fp64 within a small multiple of the reference layer's own error in that dtype."""
     d, config = 40, PESCConfig(num_experts=8, top_k=2, adapter_dim=16, scaling=0.5)
     ffn64 = make_ffn(d, device, torch.float64)
-    layer64 = make_layer(reference.PESCMoE, d, config, device, torch.float64, ffn=ffn64)
+    layer64 = make_layer("reference", d, config, device, torch.float64, ffn=ffn64)
     ffn = make_ffn(d, device, dtype)
     ffn.load_state_dict(ffn64.state_dict())
-    ours = copy_layer(PESCMoE, layer64, ffn=ffn, dtype=dtype)
-    ref = copy_layer(reference.PESCMoE, layer64, ffn=ffn, dtype=dtype)
+    ours = copy_layer("ops", layer64, ffn=ffn, dtype=dtype)
+    ref = copy_layer("reference", layer64, ffn=ffn, dtype=dtype)
     x = torch.randn(300, d, device=device, dtype=torch.float64).to(dtype)
     upstream = torch.randn(300, d, dtype=torch.float64, device=device)
     results = [outputs_and_grads(m, xx, upstream) for m, xx in ((ours, x), (ref, x), (layer64, x.double()))]
@@ -207,8 +206,8 @@ def test_low_precision_within_reference_error(dtype, device):
 # ------------------------------------------------------------------------------------- dropout
 def test_dropout_applies_to_the_adapter_input_only(device):
     config = PESCConfig(num_experts=4, top_k=2, adapter_dim=8, adapter_dropout=0.5)
-    layer = make_layer(PESCMoE, 16, config, device).train()
-    ref = copy_layer(reference.PESCMoE, layer)
+    layer = make_layer("ops", 16, config, device).train()
+    ref = copy_layer("reference", layer)
     x = torch.randn(64, 16, device=device)
     torch.manual_seed(5)
     y_train = layer(x)
@@ -217,7 +216,7 @@ def test_dropout_applies_to_the_adapter_input_only(device):
     assert_close_fp32(y_train, y_ref, "same RNG state, same dropout mask")
     y_eval = layer.eval()(x)
     assert max_abs_err(y_train, y_eval) > 1e-3  # dropout was active in training...
-    assert torch.equal(y_eval, copy_layer(PESCMoE, layer).eval()(x))  # ...and is off in eval
+    assert torch.equal(y_eval, copy_layer("ops", layer).eval()(x))  # ...and is off in eval
     # The residual path is never dropped: with zero adapters training mode returns ffn(x) exactly.
     with torch.no_grad():
         layer.w_up.zero_()
@@ -227,7 +226,7 @@ def test_dropout_applies_to_the_adapter_input_only(device):
 # -------------------------------------------------------------------------------- router state
 def test_router_state_and_token_mask(device):
     config = PESCConfig(num_experts=4, top_k=2, adapter_dim=8)
-    layer = make_layer(PESCMoE, 16, config, device)
+    layer = make_layer("ops", 16, config, device)
     x = torch.randn(2, 5, 16, device=device)
     mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], device=device)
     layer.attention_mask = mask
@@ -245,7 +244,7 @@ def test_router_state_and_token_mask(device):
 # -------------------------------------------------------------------------- autocast, compile
 def test_autocast_bf16_with_fp32_parameters():
     config = PESCConfig(num_experts=4, top_k=2, adapter_dim=8)
-    layer = make_layer(PESCMoE, 16, config)
+    layer = make_layer("ops", 16, config)
     x = torch.randn(2, 9, 16, requires_grad=True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y = layer(x)
@@ -268,7 +267,7 @@ def test_torch_compile(device):
     ops_needed = ("topk_gating", "permute", "adapter", "unpermute")
     fullgraph = all(_library.has_kernel(op, device.type) for op in ops_needed)
     config = PESCConfig(num_experts=4, top_k=2, adapter_dim=8)
-    layer = make_layer(PESCMoE, 16, config, device)
+    layer = make_layer("ops", 16, config, device)
     x = torch.randn(2, 12, 16, device=device)
     upstream = torch.randn(2, 12, 16, dtype=torch.float64, device=device)
     eager = outputs_and_grads(layer, x, upstream)
@@ -282,7 +281,7 @@ def test_torch_compile(device):
 
 def test_bitwise_deterministic(device):
     config = PESCConfig(num_experts=8, top_k=2, adapter_dim=16)
-    layer = make_layer(PESCMoE, 32, config, device)
+    layer = make_layer("ops", 32, config, device)
     x = torch.randn(200, 32, device=device)
     upstream = torch.randn(200, 32, dtype=torch.float64, device=device)
     first, second = outputs_and_grads(layer, x, upstream), outputs_and_grads(layer, x, upstream)
@@ -311,6 +310,11 @@ def test_bad_input_errors():
         PESCMoE(lambda x: x, 16, config)
     with pytest.raises(ValueError, match="hidden_size must be a positive int"):
         PESCMoE(make_ffn(16), 0, config)
+    with pytest.raises(ValueError, match="impl must be one of ops, reference, camelidae, sparsetral; got 'triton'"):
+        PESCMoE(make_ffn(16), 16, config, impl="triton")
+    with pytest.raises(ValueError, match="impl must be one of"):
+        layer.impl = "fast"
+    assert layer.impl == "ops"
 
 
 def test_layer_is_created_on_the_device_of_an_integer_only_ffn():

@@ -8,7 +8,13 @@ from pesc_demo.data import Conversation, Example
 from pesc_demo.train import methods, report
 from pesc_demo.train.batching import batch_stream, index_stream
 from pesc_demo.train.encoding import (
-    IGNORE_INDEX, collate, encode_all, encode_conversation, left_padded_prompts, prompt_ids)
+    IGNORE_INDEX,
+    collate,
+    encode_all,
+    encode_conversation,
+    left_padded_prompts,
+    prompt_ids,
+)
 from pesc_demo.train.loop import answer_loss, final_loss, warmup_cosine
 from pesc_demo.train.models import four_bit_unavailable_reason
 from pesc_demo.train.tiny_llama import build_tiny_llama

@@ -5,7 +5,7 @@
 //   silu       x * sigmoid(x)
 //   relu       max(x, 0)  (as torch: NaN stays NaN and passes the gradient; derivative 0 at x = 0)
 //   identity   x
-// The op schemas pass the activation as a string; parse_activation (common/checks_adapter.cpp)
+// The op schemas pass the activation as a string; parse_activation (adapter/ops.cpp)
 // turns it into this enum, the one place names map to behaviour.
 #pragma once
 

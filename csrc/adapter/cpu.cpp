@@ -1,4 +1,4 @@
-// CPU kernels of the grouped GEMMs on expert segments (DESIGN.md 2.3), on torch's BLAS.
+// CPU kernels of the grouped GEMMs on expert segments (docs/design.md, "Grouped GEMMs"), on torch's BLAS.
 //
 //   grouped_mm: y[seg e] = x[seg e] @ w[e]                  x [N, K], w [E, K, M], y [N, M]
 //   adapter:    h[seg e] = x[seg e] @ w_down[e]             x [N, d], w_down [E, d, r], h [N, r]
@@ -7,7 +7,7 @@
 //               dw_up[e] = (scaling * act(h))[seg]^T @ dy[seg],  dw_down[e] = x[seg]^T @ dh[seg]
 // Segment e is rows expert_offsets[e] .. expert_offsets[e+1]; all tensors row-major, in x's dtype
 // (fp32/fp16/bf16; BLAS accumulates in fp32, the activation math runs in fp32 through the helpers
-// of common/activations.h, which the CUDA kernels run too).
+// of adapter/activations.h, which the CUDA kernels run too).
 //
 // Work is cut into pieces whose shapes depend only on the problem (never on the thread count):
 //   row pieces     (expert, rows [b, b + rows_per_piece)) for the products that write rows,
@@ -27,10 +27,11 @@
 #include <type_traits>
 #include <vector>
 
+#include <torch/library.h>
+
 #include "adapter/activations.h"
-#include "core/checks.h"
-#include "core/dispatch.h"
-#include "ops.h"
+#include "adapter/ops.h"
+#include "core/tensor_utils.h"
 
 namespace pesc {
 namespace {
@@ -143,7 +144,7 @@ void weight_grads(const std::vector<WeightGrad>& products, const std::vector<int
 template <typename Loop>
 void activation_rows(const at::Tensor& h, const at::Tensor& out, const Piece& p, Activation act, const Loop& loop) {
   const int64_t r = h.size(1);
-  PESC_DISPATCH_FLOAT_TYPES(h.scalar_type(), "adapter_activation", [&] {
+  PESC_DTYPE_SWITCH(dtype_of(h), HostTypes, [&] {
     const scalar_t* src = h.data_ptr<scalar_t>() + p.begin * r;
     scalar_t* dst = out.data_ptr<scalar_t>() + p.begin * r;
     with_activation(act, [&](auto kind) { loop(kind, src, dst, p.size() * r); });
@@ -172,14 +173,9 @@ void activation_grad_rows(const at::Tensor& h, const at::Tensor& g, const Piece&
 // The activation buffer a = scaling * act(h) aliases h when that is the identity map.
 bool activation_is_identity(Activation act, double scaling) { return act == Activation::Identity && scaling == 1.0; }
 
-at::Tensor empty_grad(const at::Tensor& like) { return at::empty({0}, like.options()); }
-
-}  // namespace
-
 at::Tensor grouped_mm_cpu(const at::Tensor& x_in, const at::Tensor& w_in, const at::Tensor& expert_offsets) {
-  check_grouped_mm(x_in, w_in, expert_offsets);
+  at::Tensor y = grouped_mm_outputs(x_in, w_in, expert_offsets);
   const at::Tensor x = x_in.contiguous(), w = w_in.contiguous();
-  at::Tensor y = at::empty({x.size(0), w.size(2)}, x.options());
   const std::vector<int64_t> offsets = read_offsets(expert_offsets);
   for_each_row_piece(row_pieces(offsets, rows_per_piece(x)),
                      [&](const Piece& p) { mm_into(rows(y, p), rows(x, p), w.select(0, p.expert)); });
@@ -189,32 +185,24 @@ at::Tensor grouped_mm_cpu(const at::Tensor& x_in, const at::Tensor& w_in, const 
 std::tuple<at::Tensor, at::Tensor> grouped_mm_backward_cpu(const at::Tensor& grad_y_in, const at::Tensor& x_in,
                                                            const at::Tensor& w_in, const at::Tensor& expert_offsets,
                                                            std::array<bool, 2> output_mask) {
-  check_grouped_mm_backward(grad_y_in, x_in, w_in, expert_offsets);
+  auto [grad_x, grad_w] = grouped_mm_backward_outputs(grad_y_in, x_in, w_in, expert_offsets, output_mask);
   const at::Tensor grad_y = grad_y_in.contiguous(), x = x_in.contiguous(), w = w_in.contiguous();
   const std::vector<int64_t> offsets = read_offsets(expert_offsets);
-  at::Tensor grad_x = empty_grad(x), grad_w = empty_grad(x);
   if (output_mask[0]) {
-    grad_x = at::empty_like(x);
-    for_each_row_piece(row_pieces(offsets, rows_per_piece(x)), [&](const Piece& p) {
-      mm_into(rows(grad_x, p), rows(grad_y, p), w.select(0, p.expert).t());
-    });
+    for_each_row_piece(row_pieces(offsets, rows_per_piece(x)),
+                       [&](const Piece& p) { mm_into(rows(grad_x, p), rows(grad_y, p), w.select(0, p.expert).t()); });
   }
-  if (output_mask[1]) {
-    grad_w = at::empty_like(w);
-    weight_grads({{grad_w, x, grad_y}}, offsets);
-  }
+  if (output_mask[1]) weight_grads({{grad_w, x, grad_y}}, offsets);
   return {grad_x, grad_w};
 }
 
 std::tuple<at::Tensor, at::Tensor> adapter_cpu(const at::Tensor& x_in, const at::Tensor& w_down_in,
                                                const at::Tensor& w_up_in, const at::Tensor& expert_offsets,
                                                std::string_view activation, double scaling) {
-  const Activation act = check_adapter(x_in, w_down_in, w_up_in, expert_offsets, activation);
+  auto [y, h] = adapter_outputs(x_in, w_down_in, w_up_in, expert_offsets, activation, scaling);
+  const Activation act = parse_activation("pesc.adapter", activation);
   const at::Tensor x = x_in.contiguous(), w_down = w_down_in.contiguous(), w_up = w_up_in.contiguous();
-  const int64_t N = x.size(0), d = x.size(1), r = w_down.size(2);
-  at::Tensor h = at::empty({N, r}, x.options());
-  at::Tensor a = activation_is_identity(act, scaling) ? h : at::empty({N, r}, x.options());
-  at::Tensor y = at::empty({N, d}, x.options());
+  at::Tensor a = activation_is_identity(act, scaling) ? h : at::empty_like(h);
   const std::vector<int64_t> offsets = read_offsets(expert_offsets);
   for_each_row_piece(row_pieces(offsets, rows_per_piece(x)), [&](const Piece& p) {
     mm_into(rows(h, p), rows(x, p), w_down.select(0, p.expert));
@@ -224,19 +212,22 @@ std::tuple<at::Tensor, at::Tensor> adapter_cpu(const at::Tensor& x_in, const at:
   return {y, h};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> adapter_backward_cpu(
-    const at::Tensor& grad_y_in, const at::Tensor& x_in, const at::Tensor& w_down_in, const at::Tensor& w_up_in,
-    const at::Tensor& expert_offsets, const at::Tensor& h_in, std::string_view activation, double scaling,
-    std::array<bool, 3> output_mask) {
-  const Activation act = check_adapter_backward(grad_y_in, x_in, w_down_in, w_up_in, expert_offsets, h_in, activation);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> adapter_backward_cpu(const at::Tensor& grad_y_in, const at::Tensor& x_in,
+                                                                    const at::Tensor& w_down_in,
+                                                                    const at::Tensor& w_up_in,
+                                                                    const at::Tensor& expert_offsets,
+                                                                    const at::Tensor& h_in, std::string_view activation,
+                                                                    double scaling, std::array<bool, 3> output_mask) {
+  auto [grad_x, grad_down, grad_up] = adapter_backward_outputs(grad_y_in, x_in, w_down_in, w_up_in, expert_offsets,
+                                                               h_in, activation, scaling, output_mask);
+  const Activation act = parse_activation("pesc.adapter_backward", activation);
   const at::Tensor grad_y = grad_y_in.contiguous(), x = x_in.contiguous(), h = h_in.contiguous();
   const at::Tensor w_down = w_down_in.contiguous(), w_up = w_up_in.contiguous();
   const auto [need_x, need_down, need_up] = output_mask;
   const bool need_dh = need_x || need_down;
   const float s = static_cast<float>(scaling);
   const std::vector<int64_t> offsets = read_offsets(expert_offsets);
-  at::Tensor grad_x = need_x ? at::empty_like(x) : empty_grad(x);
-  at::Tensor dh = need_dh ? at::empty_like(h) : empty_grad(x);
+  at::Tensor dh = need_dh ? at::empty_like(h) : at::Tensor();
   at::Tensor a = need_up && !activation_is_identity(act, scaling) ? at::empty_like(h) : h;
   // Row pieces: dA = dy @ w_up^T becomes dh in place, then dx = dh @ w_down^T; a = s * act(h) for dw_up.
   if (need_dh || !a.is_same(h)) {
@@ -248,8 +239,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> adapter_backward_cpu(
       if (need_x) mm_into(rows(grad_x, p), rows(dh, p), w_down.select(0, p.expert).t());
     });
   }
-  at::Tensor grad_down = need_down ? at::empty_like(w_down) : empty_grad(x);
-  at::Tensor grad_up = need_up ? at::empty_like(w_up) : empty_grad(x);
   std::vector<WeightGrad> products;
   if (need_down) products.push_back({grad_down, x, dh});
   if (need_up) products.push_back({grad_up, a, grad_y});
@@ -257,4 +246,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> adapter_backward_cpu(
   return {grad_x, grad_down, grad_up};
 }
 
+}  // namespace
 }  // namespace pesc
+
+TORCH_LIBRARY_IMPL(pesc, CPU, m) {
+  m.impl("grouped_mm", &pesc::grouped_mm_cpu);
+  m.impl("grouped_mm_backward", &pesc::grouped_mm_backward_cpu);
+  m.impl("adapter", &pesc::adapter_cpu);
+  m.impl("adapter_backward", &pesc::adapter_backward_cpu);
+}

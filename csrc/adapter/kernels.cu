@@ -1,4 +1,4 @@
-// CUDA grouped_mm and PESC adapter (DESIGN.md 2.3): the fused adapter forward kernel, and the
+// CUDA grouped_mm and PESC adapter (docs/design.md, "Grouped GEMMs"): the fused adapter forward kernel, and the
 // op-level launchers that compose it with the segment GEMMs of segment_gemm.cu.
 //
 //   grouped_mm   y = x @ w[e]                       one segment GEMM
@@ -32,12 +32,12 @@ struct FusedLayout {
   using S = typename Math::Smem;
   static constexpr int BK = Math::kBK;
   static constexpr int kPad = smem_pad<S>();
-  static constexpr int ld_act = R_PAD + kPad;  // a:      [kBM][R_PAD]  S
-  static constexpr int ld_x = BK + kPad;       // x:      [kBM][BK]     S
-  static constexpr int ld_wd = R_PAD + kPad;   // w_down: [BK][R_PAD]   S
-  static constexpr int ld_h = R_PAD + kAccPad; // h:      [kBM][R_PAD]  fp32
-  static constexpr int ld_wu = kBN + kPad;     // w_up:   [R_PAD][kBN]  S
-  static constexpr int ld_y = kBN + kAccPad;   // y:      [kBM][kBN]    fp32
+  static constexpr int ld_act = R_PAD + kPad;   // a:      [kBM][R_PAD]  S
+  static constexpr int ld_x = BK + kPad;        // x:      [kBM][BK]     S
+  static constexpr int ld_wd = R_PAD + kPad;    // w_down: [BK][R_PAD]   S
+  static constexpr int ld_h = R_PAD + kAccPad;  // h:      [kBM][R_PAD]  fp32
+  static constexpr int ld_wu = kBN + kPad;      // w_up:   [R_PAD][kBN]  S
+  static constexpr int ld_y = kBN + kAccPad;    // y:      [kBM][kBN]    fp32
   static constexpr int kActBytes = smem_bytes<S>(kBM, R_PAD, kPad);
   static constexpr int kXBytes = smem_bytes<S>(kBM, BK, kPad);
   static constexpr int kWdBytes = smem_bytes<S>(BK, R_PAD, kPad);
@@ -143,14 +143,23 @@ cudaError_t launch_fused(const AdapterArgs<T>& args, const SegmentLaunch& launch
 
 cudaError_t launch_adapter_fused(const void* x, const void* w_down, const void* w_up, void* y, void* h, int64_t d,
                                  int64_t r, Activation act, float scaling, const SegmentLaunch& launch) {
-  return PESC_DISPATCH_GEMM_MATH(launch.dtype, launch.allow_tf32, [&] {
-    const AdapterArgs<scalar_t> args{static_cast<const scalar_t*>(x), static_cast<const scalar_t*>(w_down),
-                                     static_cast<const scalar_t*>(w_up), static_cast<scalar_t*>(y),
-                                     static_cast<scalar_t*>(h), d, static_cast<int>(r), act, scaling};
-    if (r <= 16) return launch_fused<scalar_t, Math, 16>(args, launch);
-    if (r <= 32) return launch_fused<scalar_t, Math, 32>(args, launch);
-    if (r <= 64) return launch_fused<scalar_t, Math, 64>(args, launch);
-    return launch_fused<scalar_t, Math, static_cast<int>(kMaxFusedRank)>(args, launch);
+  return PESC_DTYPE_SWITCH(launch.dtype, DeviceTypes, [&] {
+    return PESC_BOOL_SWITCH(uses_tf32(launch), TF32, [&] {
+      using Math = GemmMath<scalar_t, TF32>;
+      const AdapterArgs<scalar_t> args{static_cast<const scalar_t*>(x),
+                                       static_cast<const scalar_t*>(w_down),
+                                       static_cast<const scalar_t*>(w_up),
+                                       static_cast<scalar_t*>(y),
+                                       static_cast<scalar_t*>(h),
+                                       d,
+                                       static_cast<int>(r),
+                                       act,
+                                       scaling};
+      if (r <= 16) return launch_fused<scalar_t, Math, 16>(args, launch);
+      if (r <= 32) return launch_fused<scalar_t, Math, 32>(args, launch);
+      if (r <= 64) return launch_fused<scalar_t, Math, 64>(args, launch);
+      return launch_fused<scalar_t, Math, static_cast<int>(kMaxFusedRank)>(args, launch);
+    });
   });
 }
 
@@ -191,8 +200,7 @@ cudaError_t launch_adapter(const void* x, const void* w_down, const void* w_up, 
 
 cudaError_t launch_adapter_backward(const void* grad_y, const void* x, const void* w_down, const void* w_up,
                                     const void* h, void* dh_buffer, void* grad_x, void* grad_w_down, void* grad_w_up,
-                                    int64_t d, int64_t r, Activation act, float scaling,
-                                    const SegmentLaunch& launch) {
+                                    int64_t d, int64_t r, Activation act, float scaling, const SegmentLaunch& launch) {
   if (grad_x != nullptr || grad_w_down != nullptr) {
     if (dh_buffer == nullptr) return cudaErrorInvalidValue;
     // dh [N, r] = scaling * act'(h) * (dy [N, d] @ w_up[e]^T), w_up [E, r, d] read transposed.
@@ -200,7 +208,8 @@ cudaError_t launch_adapter_backward(const void* grad_y, const void* x, const voi
         gemm(grad_y, w_up, dh_buffer, d, r, true, GemmEpilogue::ActivationGrad, act, scaling, h), launch));
   }
   // dx [N, d] = dh @ w_down[e]^T, w_down [E, d, r] read transposed.
-  if (grad_x != nullptr) PESC_CUDA_RETURN_IF_ERROR(launch_segment_gemm(gemm(dh_buffer, w_down, grad_x, r, d, true), launch));
+  if (grad_x != nullptr)
+    PESC_CUDA_RETURN_IF_ERROR(launch_segment_gemm(gemm(dh_buffer, w_down, grad_x, r, d, true), launch));
   if (grad_w_down != nullptr) {
     const SegmentWeightGrad g{x, dh_buffer, grad_w_down, d, r, false, act, scaling};
     PESC_CUDA_RETURN_IF_ERROR(launch_segment_weight_grad(g, launch));

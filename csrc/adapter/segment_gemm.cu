@@ -37,8 +37,8 @@ struct SumOp {
 };
 
 // One warp, 32 offsets per step: a running max (clamping) then a running sum of tiles per expert.
-__global__ void segment_map_kernel(const int64_t* __restrict__ offsets, int E, int64_t N,
-                                   int64_t* __restrict__ clamped, int64_t* __restrict__ tile_start) {
+__global__ void segment_map_kernel(const int64_t* __restrict__ offsets, int E, int64_t N, int64_t* __restrict__ clamped,
+                                   int64_t* __restrict__ tile_start) {
   const int lane = threadIdx.x;
   int64_t running_max = 0;
   for (int base = 0; base <= E; base += 32) {
@@ -97,7 +97,8 @@ struct GemmArgs {
 // One CTA per (row tile, column tile); column tiles of a row tile are adjacent in the grid so the
 // A rows they share are read from L2.
 template <typename T, typename Math, bool B_TRANSPOSED, GemmEpilogue EPI>
-__global__ void __launch_bounds__(kThreads, 1) segment_gemm_kernel(GemmArgs<T> args, SegmentMap map, int64_t col_tiles) {
+__global__ void __launch_bounds__(kThreads, 1)
+    segment_gemm_kernel(GemmArgs<T> args, SegmentMap map, int64_t col_tiles) {
   using Smem = TileSmem<Math>;
   constexpr int BK = Smem::BK, lda = Smem::lda, ldb = Smem::ldb, ldc = Smem::ldc;
   __shared__ __align__(128) unsigned char smem[Smem::kBytes];
@@ -176,16 +177,22 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
   mma.store(tiles.Cs, ldc);
   __syncthreads();
-  write_tile<GemmEpilogue::Store, kBM, kBN>(tiles.Cs, ldc, args.c + e * args.K * args.M, args.M, k0, k_valid, n0, n_valid,
-                                            static_cast<const T*>(nullptr), static_cast<T*>(nullptr), args.act,
+  write_tile<GemmEpilogue::Store, kBM, kBN>(tiles.Cs, ldc, args.c + e * args.K * args.M, args.M, k0, k_valid, n0,
+                                            n_valid, static_cast<const T*>(nullptr), static_cast<T*>(nullptr), args.act,
                                             args.scaling);
 }
 
 template <typename T, typename Math, bool B_TRANSPOSED, GemmEpilogue EPI>
 cudaError_t launch_gemm(const SegmentGemm& g, const SegmentLaunch& launch) {
-  const GemmArgs<T> args{static_cast<const T*>(g.a),      static_cast<const T*>(g.b),   static_cast<T*>(g.c),
-                         static_cast<const T*>(g.aux_in), static_cast<T*>(g.aux_out),   g.K,
-                         g.M,                             g.act,                        g.scaling};
+  const GemmArgs<T> args{static_cast<const T*>(g.a),
+                         static_cast<const T*>(g.b),
+                         static_cast<T*>(g.c),
+                         static_cast<const T*>(g.aux_in),
+                         static_cast<T*>(g.aux_out),
+                         g.K,
+                         g.M,
+                         g.act,
+                         g.scaling};
   const int64_t col_tiles = ceil_div(g.M, kBN);
   const int64_t blocks = row_tile_bound(launch.map.N, launch.map.E) * col_tiles;
   segment_gemm_kernel<T, Math, B_TRANSPOSED, EPI>
@@ -195,8 +202,8 @@ cudaError_t launch_gemm(const SegmentGemm& g, const SegmentLaunch& launch) {
 
 template <typename T, typename Math, bool ACTIVATE_A>
 cudaError_t launch_weight_grad(const SegmentWeightGrad& g, const SegmentLaunch& launch) {
-  const WeightGradArgs<T> args{static_cast<const T*>(g.a), static_cast<const T*>(g.b), static_cast<T*>(g.c),
-                               g.K, g.M, g.act, g.scaling};
+  const WeightGradArgs<T> args{
+      static_cast<const T*>(g.a), static_cast<const T*>(g.b), static_cast<T*>(g.c), g.K, g.M, g.act, g.scaling};
   const int64_t k_tiles = ceil_div(g.K, kBM), m_tiles = ceil_div(g.M, kBN);
   const int64_t blocks = launch.map.E * k_tiles * m_tiles;
   segment_weight_grad_kernel<T, Math, ACTIVATE_A>
@@ -220,25 +227,31 @@ SegmentMap segment_map_view(const int64_t* workspace, int E, int64_t N) { return
 cudaError_t launch_segment_gemm(const SegmentGemm& g, const SegmentLaunch& launch) {
   if (launch.map.N == 0 || g.M == 0) return cudaSuccess;
   if (!grid_fits(row_tile_bound(launch.map.N, launch.map.E) * ceil_div(g.M, kBN))) return cudaErrorInvalidConfiguration;
-  return PESC_DISPATCH_GEMM_MATH(launch.dtype, launch.allow_tf32, [&] {
-    if (!g.b_transposed && g.epilogue == GemmEpilogue::Store)
-      return launch_gemm<scalar_t, Math, false, GemmEpilogue::Store>(g, launch);
-    if (g.b_transposed && g.epilogue == GemmEpilogue::Store)
-      return launch_gemm<scalar_t, Math, true, GemmEpilogue::Store>(g, launch);
-    if (!g.b_transposed && g.epilogue == GemmEpilogue::PreActivation)
-      return launch_gemm<scalar_t, Math, false, GemmEpilogue::PreActivation>(g, launch);
-    if (g.b_transposed && g.epilogue == GemmEpilogue::ActivationGrad)
-      return launch_gemm<scalar_t, Math, true, GemmEpilogue::ActivationGrad>(g, launch);
-    return cudaErrorInvalidValue;  // a combination no op uses
+  return PESC_DTYPE_SWITCH(launch.dtype, DeviceTypes, [&] {
+    return PESC_BOOL_SWITCH(uses_tf32(launch), TF32, [&] {
+      using Math = GemmMath<scalar_t, TF32>;
+      if (!g.b_transposed && g.epilogue == GemmEpilogue::Store)
+        return launch_gemm<scalar_t, Math, false, GemmEpilogue::Store>(g, launch);
+      if (g.b_transposed && g.epilogue == GemmEpilogue::Store)
+        return launch_gemm<scalar_t, Math, true, GemmEpilogue::Store>(g, launch);
+      if (!g.b_transposed && g.epilogue == GemmEpilogue::PreActivation)
+        return launch_gemm<scalar_t, Math, false, GemmEpilogue::PreActivation>(g, launch);
+      if (g.b_transposed && g.epilogue == GemmEpilogue::ActivationGrad)
+        return launch_gemm<scalar_t, Math, true, GemmEpilogue::ActivationGrad>(g, launch);
+      return cudaErrorInvalidValue;  // a combination no op uses
+    });
   });
 }
 
 cudaError_t launch_segment_weight_grad(const SegmentWeightGrad& g, const SegmentLaunch& launch) {
   if (g.K == 0 || g.M == 0) return cudaSuccess;
   if (!grid_fits(launch.map.E * ceil_div(g.K, kBM) * ceil_div(g.M, kBN))) return cudaErrorInvalidConfiguration;
-  return PESC_DISPATCH_GEMM_MATH(launch.dtype, launch.allow_tf32, [&] {
-    return g.activate_a ? launch_weight_grad<scalar_t, Math, true>(g, launch)
-                        : launch_weight_grad<scalar_t, Math, false>(g, launch);
+  return PESC_DTYPE_SWITCH(launch.dtype, DeviceTypes, [&] {
+    return PESC_BOOL_SWITCH(uses_tf32(launch), TF32, [&] {
+      using Math = GemmMath<scalar_t, TF32>;
+      return g.activate_a ? launch_weight_grad<scalar_t, Math, true>(g, launch)
+                          : launch_weight_grad<scalar_t, Math, false>(g, launch);
+    });
   });
 }
 

@@ -19,8 +19,8 @@
 #include <type_traits>
 
 #include "adapter/activations.h"
-#include "core/cuda_utils.cuh"
 #include "adapter/segment_gemm.h"
+#include "core/cuda_utils.cuh"
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
 #error "pesc_kernels' segmented GEMMs use bf16/TF32 WMMA and need sm_80 or newer (set PESC_CUDA_ARCHS)"
@@ -39,7 +39,9 @@ constexpr int kBN = 64;                          // output columns per tile
 // Shared-memory row padding: 16 bytes keeps WMMA's alignment rules (ldm a multiple of 16 bytes,
 // fragment pointers 32-byte aligned) and shifts consecutive rows by four banks.
 template <typename S>
-constexpr int smem_pad() { return 16 / static_cast<int>(sizeof(S)); }
+constexpr int smem_pad() {
+  return 16 / static_cast<int>(sizeof(S));
+}
 constexpr int kAccPad = 4;  // fp32 accumulator tiles
 
 // Bytes of a [rows][cols + pad] shared array, rounded up to 128 so that arrays carved one after
@@ -64,8 +66,10 @@ __device__ __forceinline__ bool find_row_tile(const SegmentMap& map, int64_t t, 
   int lo = 0, hi = map.E - 1;
   while (lo < hi) {
     const int mid = (lo + hi + 1) / 2;
-    if (map.tile_start[mid] <= t) lo = mid;
-    else hi = mid - 1;
+    if (map.tile_start[mid] <= t)
+      lo = mid;
+    else
+      hi = mid - 1;
   }
   tile.expert = lo;
   tile.row0 = map.offsets[lo] + (t - map.tile_start[lo]) * kBM;
@@ -101,9 +105,13 @@ __device__ __forceinline__ void set_bits(Chunk& c, int u, __nv_bfloat16 x) { c.h
 template <typename G>
 __device__ __forceinline__ float chunk_value(const Chunk& c, int u);
 template <>
-__device__ __forceinline__ float chunk_value<float>(const Chunk& c, int u) { return c.f[u]; }
+__device__ __forceinline__ float chunk_value<float>(const Chunk& c, int u) {
+  return c.f[u];
+}
 template <>
-__device__ __forceinline__ float chunk_value<__half>(const Chunk& c, int u) { return __half2float(__ushort_as_half(c.h[u])); }
+__device__ __forceinline__ float chunk_value<__half>(const Chunk& c, int u) {
+  return __half2float(__ushort_as_half(c.h[u]));
+}
 template <>
 __device__ __forceinline__ float chunk_value<__nv_bfloat16>(const Chunk& c, int u) {
   return __bfloat162float(__ushort_as_bfloat16(c.h[u]));
@@ -302,32 +310,15 @@ struct TensorMath {
   using Mma = WmmaMma<T, BM, BN>;
 };
 
-// Binds `scalar_t` (global element type) and `Math` for a dtype; fp32 uses TF32 only when allowed.
-#define PESC_DISPATCH_GEMM_MATH(DTYPE, ALLOW_TF32, ...)                     \
-  [&]() -> cudaError_t {                                                    \
-    switch (DTYPE) {                                                        \
-      case ::pesc::DType::Float32: {                                        \
-        using scalar_t = float;                                             \
-        if (ALLOW_TF32) {                                                   \
-          using Math = ::pesc::seg::Tf32Math;                               \
-          return __VA_ARGS__();                                             \
-        }                                                                   \
-        using Math = ::pesc::seg::FmaMath;                                  \
-        return __VA_ARGS__();                                               \
-      }                                                                     \
-      case ::pesc::DType::Float16: {                                        \
-        using scalar_t = __half;                                            \
-        using Math = ::pesc::seg::TensorMath<__half>;                       \
-        return __VA_ARGS__();                                               \
-      }                                                                     \
-      case ::pesc::DType::BFloat16: {                                       \
-        using scalar_t = __nv_bfloat16;                                     \
-        using Math = ::pesc::seg::TensorMath<__nv_bfloat16>;                \
-        return __VA_ARGS__();                                               \
-      }                                                                     \
-    }                                                                       \
-    return cudaErrorInvalidValue;                                           \
-  }()
+// The arithmetic of global element type T: fp16/bf16 tensor cores, or for fp32 TF32 tensor cores
+// when allowed and exact FMA otherwise. (GemmMath<half, true> is GemmMath<half, false>, so a
+// PESC_BOOL_SWITCH over TF32 instantiates nothing twice.)
+template <typename T, bool TF32>
+using GemmMath =
+    std::conditional_t<std::is_same_v<T, float>, std::conditional_t<TF32, Tf32Math, FmaMath>, TensorMath<T>>;
+
+// Whether a launch's fp32 products may use TF32 (torch.backends.cuda.matmul.allow_tf32).
+inline bool uses_tf32(const SegmentLaunch& launch) { return launch.allow_tf32 && launch.dtype == DType::Float32; }
 
 // ---- epilogue ----
 

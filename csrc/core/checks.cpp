@@ -9,7 +9,7 @@ namespace pesc {
 
 std::string shape_string(const at::Tensor& t) {
   std::ostringstream out;
-  out << t.sizes();
+  out << t.sym_sizes();
   return out.str();
 }
 
@@ -33,22 +33,26 @@ void check_dtype(const char* op, const at::Tensor& t, at::ScalarType dtype, cons
   TORCH_CHECK_TYPE(t.scalar_type() == dtype, op, ": ", arg, " must be ", dtype, ", got ", t.scalar_type());
 }
 
-void check_same_device(const char* op, const at::Tensor& a, const char* a_arg, const at::Tensor& b,
-                       const char* b_arg) {
-  TORCH_CHECK_VALUE(a.device() == b.device(), op, ": ", a_arg, " is on ", a.device(), " but ", b_arg, " is on ",
-                    b.device(), "; all tensors must be on the same device");
-}
-
-void check_size(const char* op, const at::Tensor& t, int64_t dim, int64_t expected, const char* arg,
-                const char* what) {
-  TORCH_CHECK_VALUE(t.size(dim) == expected, op, ": ", arg, ".shape[", dim, "] must equal ", what, " (", expected,
-                    "), got shape ", shape_string(t));
-}
-
 void check_same_dtype(const char* op, const at::Tensor& t, const char* arg, const at::Tensor& like,
                       const char* like_arg) {
   TORCH_CHECK_TYPE(t.scalar_type() == like.scalar_type(), op, ": ", arg, " must have the dtype of ", like_arg, " (",
                    like.scalar_type(), "), got ", t.scalar_type());
+}
+
+void check_same_device(const char* op, const at::Tensor& a, const char* a_arg, const at::Tensor& b, const char* b_arg) {
+  TORCH_CHECK_VALUE(a.device() == b.device(), op, ": ", a_arg, " is on ", a.device(), " but ", b_arg, " is on ",
+                    b.device(), "; all tensors must be on the same device");
+}
+
+void check_size(const char* op, const at::Tensor& t, int64_t dim, const c10::SymInt& expected, const char* arg,
+                const char* what) {
+  TORCH_CHECK_VALUE(t.sym_size(dim) == expected, op, ": ", arg, ".shape[", dim, "] must equal ", what, " (", expected,
+                    "), got shape ", shape_string(t));
+}
+
+void check_rows(const char* op, const at::Tensor& t, const char* arg, const char* layout) {
+  check_dim(op, t, 2, arg, layout);
+  check_float_dtype(op, t, arg);
 }
 
 void check_expert_ids_cpu(const char* op, const at::Tensor& ids, int64_t num_experts, const char* arg) {

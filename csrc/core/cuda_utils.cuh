@@ -1,4 +1,4 @@
-// Device helpers shared by every CUDA kernel file: dtype dispatch over pesc::DType, fp32 widening
+// Device helpers shared by every CUDA kernel file: the device storage types for PESC_DTYPE_SWITCH, fp32 widening
 // and narrowing, deterministic warp-group and block reductions, and launch-error plumbing.
 //
 // Launchers return cudaError_t (the first failing launch); the host entry points wrap them in
@@ -12,50 +12,47 @@
 #include <cstdint>
 
 #include "core/dtype.h"
+#include "core/host_device.h"
+#include "core/static_switch.h"
 
-#define PESC_CUDA_RETURN_IF_ERROR(expr)      \
-  do {                                       \
-    const cudaError_t pesc_err_ = (expr);    \
+#define PESC_CUDA_RETURN_IF_ERROR(expr)             \
+  do {                                              \
+    const cudaError_t pesc_err_ = (expr);           \
     if (pesc_err_ != cudaSuccess) return pesc_err_; \
   } while (0)
 
 #define PESC_CUDA_LAUNCH_CHECK() PESC_CUDA_RETURN_IF_ERROR(cudaGetLastError())
 
-// Binds `scalar_t` to the CUDA storage type of a pesc::DType.
-#define PESC_CUDA_DISPATCH_DTYPE(DTYPE, ...)                      \
-  [&]() -> cudaError_t {                                          \
-    switch (DTYPE) {                                              \
-      case ::pesc::DType::Float32: {                              \
-        using scalar_t = float;                                   \
-        return __VA_ARGS__();                                     \
-      }                                                           \
-      case ::pesc::DType::Float16: {                              \
-        using scalar_t = __half;                                  \
-        return __VA_ARGS__();                                     \
-      }                                                           \
-      case ::pesc::DType::BFloat16: {                             \
-        using scalar_t = __nv_bfloat16;                           \
-        return __VA_ARGS__();                                     \
-      }                                                           \
-    }                                                             \
-    return cudaErrorInvalidValue;                                 \
-  }()
-
 namespace pesc {
+
+// Storage types of the three activation dtypes in device code (PESC_DTYPE_SWITCH's TYPES).
+struct DeviceTypes {
+  using f32 = float;
+  using f16 = __half;
+  using bf16 = __nv_bfloat16;
+};
 
 constexpr unsigned kFullWarpMask = 0xffffffffu;
 
 template <typename T>
-__device__ __forceinline__ float to_float(T x) { return static_cast<float>(x); }
+__device__ __forceinline__ float to_float(T x) {
+  return static_cast<float>(x);
+}
 
 template <typename T>
 __device__ __forceinline__ T from_float(float x);
 template <>
-__device__ __forceinline__ float from_float<float>(float x) { return x; }
+__device__ __forceinline__ float from_float<float>(float x) {
+  return x;
+}
 template <>
-__device__ __forceinline__ __half from_float<__half>(float x) { return __float2half_rn(x); }
+__device__ __forceinline__ __half from_float<__half>(float x) {
+  return __float2half_rn(x);
+}
 template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
+__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) {
+  return __float2bfloat16_rn(x);
+}
 
 // Butterfly reductions over aligned groups of `width` lanes (a power of two <= 32). Every lane of
 // the warp must call them. The combination tree is fixed, so results are bitwise reproducible,
@@ -82,7 +79,5 @@ __device__ __forceinline__ float block_sum(float v, float* scratch) {
   }
   return scratch[0];
 }
-
-inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 }  // namespace pesc

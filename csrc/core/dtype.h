@@ -1,5 +1,5 @@
 // Torch-free dtype tag passed from the host entry points to the CUDA launchers, so that .cu files
-// never include ATen headers (they dominate nvcc compile time, see BUILD-NOTES).
+// never include ATen headers (they dominate nvcc compile time; docs/design.md, "Build").
 #pragma once
 
 namespace pesc {

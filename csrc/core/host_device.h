@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cmath>
+#include <cstdint>
 
 #if defined(__CUDACC__)
 #define PESC_HD __host__ __device__ __forceinline__
@@ -17,5 +18,7 @@ namespace pesc {
 
 // x != x instead of std::isnan: valid in host and device code alike, and exact without fast-math.
 PESC_HD bool is_nan(float x) { return x != x; }
+
+PESC_HD int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 }  // namespace pesc

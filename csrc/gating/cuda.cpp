@@ -1,34 +1,27 @@
-// CUDA entry points of the routing ops: validate (common/checks), make inputs contiguous, allocate
-// outputs and workspaces through the caching allocator, and launch gating.cu's kernels on the current
-// stream under a device guard. Nothing here reads device memory, so there is no host sync.
+// CUDA entry points of the routing ops: validate and allocate the outputs (gating/ops.h), make inputs
+// contiguous, allocate workspaces through the caching allocator, and launch kernels.cu's kernels on the
+// current stream under a device guard. Nothing here reads device memory, so there is no host sync.
 #include <ATen/ATen.h>
 
-#include "core/checks.h"
-#include "gating/kernels.h"
+#include <torch/library.h>
+
 #include "core/cuda_host.h"
-#include "ops.h"
+#include "gating/kernels.h"
+#include "gating/ops.h"
 
 namespace pesc {
 namespace {
-
-std::optional<at::Tensor> contiguous_mask(const std::optional<at::Tensor>& mask) {
-  return mask.has_value() ? std::optional<at::Tensor>(mask->contiguous()) : std::nullopt;
-}
 
 at::Tensor int_workspace(const at::Tensor& like, int64_t n) { return at::empty({n}, like.options().dtype(at::kInt)); }
 at::Tensor float_workspace(const at::Tensor& like, int64_t n) {
   return at::empty({n}, like.options().dtype(at::kFloat));
 }
 
-}  // namespace
-
 std::tuple<at::Tensor, at::Tensor> topk_gating_cuda(const at::Tensor& logits_in, int64_t k, bool normalize) {
-  check_topk_gating(logits_in, k);
+  auto [weights, indices] = topk_gating_outputs(logits_in, k, normalize);
   const c10::cuda::CUDAGuard guard(logits_in.device());
   const at::Tensor logits = logits_in.contiguous();
   const int64_t T = logits.size(0), E = logits.size(1);
-  at::Tensor weights = at::empty({T, k}, logits.options().dtype(at::kFloat));
-  at::Tensor indices = at::empty({T, k}, logits.options().dtype(at::kInt));
   C10_CUDA_CHECK(launch_topk_gating(logits.data_ptr(), dtype_of(logits), T, static_cast<int>(E), static_cast<int>(k),
                                     normalize, weights.data_ptr<float>(), indices.data_ptr<int32_t>(),
                                     current_stream()));
@@ -37,28 +30,26 @@ std::tuple<at::Tensor, at::Tensor> topk_gating_cuda(const at::Tensor& logits_in,
 
 at::Tensor topk_gating_backward_cuda(const at::Tensor& grad_weights_in, const at::Tensor& logits_in,
                                      const at::Tensor& weights_in, const at::Tensor& indices_in, bool normalize) {
-  check_topk_gating_backward(grad_weights_in, logits_in, weights_in, indices_in);
+  at::Tensor grad_logits = topk_gating_backward_outputs(grad_weights_in, logits_in, weights_in, indices_in, normalize);
   const c10::cuda::CUDAGuard guard(logits_in.device());
   const at::Tensor logits = logits_in.contiguous(), grad_weights = grad_weights_in.contiguous();
   const at::Tensor weights = weights_in.contiguous(), indices = indices_in.contiguous();
-  at::Tensor grad_logits = at::empty_like(logits);
-  C10_CUDA_CHECK(launch_topk_gating_backward(
-      grad_weights.data_ptr<float>(), logits.data_ptr(), dtype_of(logits), weights.data_ptr<float>(),
-      indices.data_ptr<int32_t>(), logits.size(0), static_cast<int>(logits.size(1)),
-      static_cast<int>(indices.size(1)), normalize, grad_logits.data_ptr(), current_stream()));
+  C10_CUDA_CHECK(launch_topk_gating_backward(grad_weights.data_ptr<float>(), logits.data_ptr(), dtype_of(logits),
+                                             weights.data_ptr<float>(), indices.data_ptr<int32_t>(), logits.size(0),
+                                             static_cast<int>(logits.size(1)), static_cast<int>(indices.size(1)),
+                                             normalize, grad_logits.data_ptr(), current_stream()));
   return grad_logits;
 }
 
 at::Tensor load_balancing_loss_cuda(const at::Tensor& logits_in, const at::Tensor& indices_in,
                                     const std::optional<at::Tensor>& mask_in) {
-  check_load_balancing_loss(logits_in, indices_in, mask_in);
+  at::Tensor loss = load_balancing_loss_outputs(logits_in, indices_in, mask_in);
   const c10::cuda::CUDAGuard guard(logits_in.device());
   const at::Tensor logits = logits_in.contiguous(), indices = indices_in.contiguous();
-  const auto mask = contiguous_mask(mask_in);
+  const auto mask = contiguous_optional(mask_in);
   const int64_t T = logits.size(0), E = logits.size(1);
   at::Tensor counts = int_workspace(logits, E + 1);
   at::Tensor partials = float_workspace(logits, loss_chunks(T) * E);
-  at::Tensor loss = at::empty({}, logits.options().dtype(at::kFloat));
   C10_CUDA_CHECK(launch_load_balancing_loss(logits.data_ptr(), dtype_of(logits), indices.data_ptr<int32_t>(),
                                             optional_data<bool>(mask), T, static_cast<int>(E),
                                             static_cast<int>(indices.size(1)), counts.data_ptr<int32_t>(),
@@ -68,15 +59,13 @@ at::Tensor load_balancing_loss_cuda(const at::Tensor& logits_in, const at::Tenso
 
 at::Tensor load_balancing_loss_backward_cuda(const at::Tensor& grad, const at::Tensor& logits_in,
                                              const at::Tensor& indices_in, const std::optional<at::Tensor>& mask_in) {
-  check_load_balancing_loss(logits_in, indices_in, mask_in);
-  check_scalar_grad("pesc.load_balancing_loss_backward", grad, logits_in);
+  at::Tensor grad_logits = load_balancing_loss_backward_outputs(grad, logits_in, indices_in, mask_in);
   const c10::cuda::CUDAGuard guard(logits_in.device());
   const at::Tensor logits = logits_in.contiguous(), indices = indices_in.contiguous();
   const at::Tensor grad_scalar = grad.contiguous();
-  const auto mask = contiguous_mask(mask_in);
+  const auto mask = contiguous_optional(mask_in);
   const int64_t T = logits.size(0), E = logits.size(1);
   at::Tensor counts = int_workspace(logits, E + 1);
-  at::Tensor grad_logits = at::empty_like(logits);
   C10_CUDA_CHECK(launch_load_balancing_loss_backward(
       grad_scalar.data_ptr<float>(), logits.data_ptr(), dtype_of(logits), indices.data_ptr<int32_t>(),
       optional_data<bool>(mask), T, static_cast<int>(E), static_cast<int>(indices.size(1)), counts.data_ptr<int32_t>(),
@@ -85,14 +74,13 @@ at::Tensor load_balancing_loss_backward_cuda(const at::Tensor& grad, const at::T
 }
 
 at::Tensor router_z_loss_cuda(const at::Tensor& logits_in, const std::optional<at::Tensor>& mask_in) {
-  check_router_z_loss(logits_in, mask_in);
+  at::Tensor loss = router_z_loss_outputs(logits_in, mask_in);
   const c10::cuda::CUDAGuard guard(logits_in.device());
   const at::Tensor logits = logits_in.contiguous();
-  const auto mask = contiguous_mask(mask_in);
+  const auto mask = contiguous_optional(mask_in);
   const int64_t T = logits.size(0);
   at::Tensor token_count = int_workspace(logits, 1);
   at::Tensor partials = float_workspace(logits, loss_chunks(T));
-  at::Tensor loss = at::empty({}, logits.options().dtype(at::kFloat));
   C10_CUDA_CHECK(launch_router_z_loss(logits.data_ptr(), dtype_of(logits), optional_data<bool>(mask), T,
                                       static_cast<int>(logits.size(1)), token_count.data_ptr<int32_t>(),
                                       partials.data_ptr<float>(), loss.data_ptr<float>(), current_stream()));
@@ -101,19 +89,26 @@ at::Tensor router_z_loss_cuda(const at::Tensor& logits_in, const std::optional<a
 
 at::Tensor router_z_loss_backward_cuda(const at::Tensor& grad, const at::Tensor& logits_in,
                                        const std::optional<at::Tensor>& mask_in) {
-  check_router_z_loss(logits_in, mask_in);
-  check_scalar_grad("pesc.router_z_loss_backward", grad, logits_in);
+  at::Tensor grad_logits = router_z_loss_backward_outputs(grad, logits_in, mask_in);
   const c10::cuda::CUDAGuard guard(logits_in.device());
   const at::Tensor logits = logits_in.contiguous();
   const at::Tensor grad_scalar = grad.contiguous();
-  const auto mask = contiguous_mask(mask_in);
+  const auto mask = contiguous_optional(mask_in);
   at::Tensor token_count = int_workspace(logits, 1);
-  at::Tensor grad_logits = at::empty_like(logits);
-  C10_CUDA_CHECK(launch_router_z_loss_backward(grad_scalar.data_ptr<float>(), logits.data_ptr(), dtype_of(logits),
-                                               optional_data<bool>(mask), logits.size(0),
-                                               static_cast<int>(logits.size(1)), token_count.data_ptr<int32_t>(),
-                                               grad_logits.data_ptr(), current_stream()));
+  C10_CUDA_CHECK(launch_router_z_loss_backward(
+      grad_scalar.data_ptr<float>(), logits.data_ptr(), dtype_of(logits), optional_data<bool>(mask), logits.size(0),
+      static_cast<int>(logits.size(1)), token_count.data_ptr<int32_t>(), grad_logits.data_ptr(), current_stream()));
   return grad_logits;
 }
 
+}  // namespace
 }  // namespace pesc
+
+TORCH_LIBRARY_IMPL(pesc, CUDA, m) {
+  m.impl("topk_gating", &pesc::topk_gating_cuda);
+  m.impl("topk_gating_backward", &pesc::topk_gating_backward_cuda);
+  m.impl("load_balancing_loss", &pesc::load_balancing_loss_cuda);
+  m.impl("load_balancing_loss_backward", &pesc::load_balancing_loss_backward_cuda);
+  m.impl("router_z_loss", &pesc::router_z_loss_cuda);
+  m.impl("router_z_loss_backward", &pesc::router_z_loss_backward_cuda);
+}

@@ -1,4 +1,4 @@
-// CUDA kernels for the routing ops (DESIGN.md 2.1): top-k gating, the Switch load-balancing loss,
+// CUDA kernels for the routing ops (docs/design.md, "Routing"): top-k gating, the Switch load-balancing loss,
 // the router z-loss, and their backward passes.
 //
 // Layouts: logits [T, E] row-major in fp32/fp16/bf16 (math in fp32); weights [T, k] fp32;
@@ -19,9 +19,9 @@
 
 #include <algorithm>
 
-#include "gating/math.h"
 #include "core/cuda_utils.cuh"
 #include "gating/kernels.h"
+#include "gating/math.h"
 
 namespace pesc {
 namespace {
@@ -42,20 +42,6 @@ GroupShape group_shape(int E) {
   while (width * vpt < E) vpt *= 2;
   return {width, vpt};
 }
-
-// Binds constexpr VPT to the runtime values-per-lane count (a power of two in [1, 32]).
-#define PESC_DISPATCH_VPT(VPT_VALUE, ...)             \
-  [&]() -> cudaError_t {                              \
-    switch (VPT_VALUE) {                              \
-      case 1: { constexpr int VPT = 1; return __VA_ARGS__(); }   \
-      case 2: { constexpr int VPT = 2; return __VA_ARGS__(); }   \
-      case 4: { constexpr int VPT = 4; return __VA_ARGS__(); }   \
-      case 8: { constexpr int VPT = 8; return __VA_ARGS__(); }   \
-      case 16: { constexpr int VPT = 16; return __VA_ARGS__(); } \
-      case 32: { constexpr int VPT = 32; return __VA_ARGS__(); } \
-    }                                                 \
-    return cudaErrorInvalidValue;                     \
-  }()
 
 // The token and lane a thread works on in a per-token kernel.
 struct TokenLane {
@@ -107,8 +93,8 @@ template <typename scalar_t, int VPT>
 __global__ void topk_gating_kernel(const scalar_t* __restrict__ logits, int64_t T, int E, int k, int width,
                                    bool normalize, float* __restrict__ weights, int32_t* __restrict__ indices) {
   const TokenLane tl = token_lane(width, T);
-  const RowRegisters<VPT> r = load_row<scalar_t, VPT>(logits + (tl.active ? tl.token : 0) * E, E, tl.lane, width,
-                                                      tl.active);
+  const RowRegisters<VPT> r =
+      load_row<scalar_t, VPT>(logits + (tl.active ? tl.token : 0) * E, E, tl.lane, width, tl.active);
   float* w = weights + tl.token * k;
   int32_t* idx = indices + tl.token * k;
   float prev_v = 0.f;
@@ -175,7 +161,8 @@ __global__ void topk_gating_backward_kernel(const float* __restrict__ grad_weigh
 #pragma unroll
     for (int i = 0; i < VPT; ++i) {
       const int e = tl.lane + i * width;
-      if (tl.active && e < E) out[e] = from_float<scalar_t>(softmax_grad(softmax_prob(r.v[i], r.max, r.inv_sum), 0.f, dot));
+      if (tl.active && e < E)
+        out[e] = from_float<scalar_t>(softmax_grad(softmax_prob(r.v[i], r.max, r.inv_sum), 0.f, dot));
     }
   }
   // Pass 2 overwrites the selected experts; __syncwarp orders pass 1's stores before it.
@@ -323,7 +310,8 @@ __global__ void z_loss_backward_kernel(const float* __restrict__ grad, const sca
 #pragma unroll
   for (int i = 0; i < VPT; ++i) {
     const int e = tl.lane + i * width;
-    if (e < E) grad_logits[t * E + e] = from_float<scalar_t>(counted ? scale * softmax_prob(r.v[i], r.max, r.inv_sum) : 0.f);
+    if (e < E)
+      grad_logits[t * E + e] = from_float<scalar_t>(counted ? scale * softmax_prob(r.v[i], r.max, r.inv_sum) : 0.f);
   }
 }
 
@@ -344,8 +332,8 @@ cudaError_t launch_router_chunks(const void* logits, DType dtype, const bool* ma
                                  float* prob_partials, float* lse_partials, cudaStream_t stream) {
   if (T == 0) return cudaSuccess;
   const GroupShape shape = group_shape(E);
-  return PESC_CUDA_DISPATCH_DTYPE(dtype, [&] {
-    return PESC_DISPATCH_VPT(shape.vpt, [&] {
+  return PESC_DTYPE_SWITCH(dtype, DeviceTypes, [&] {
+    return PESC_POW2_SWITCH(shape.vpt, VPT, [&] {
       router_chunk_kernel<scalar_t, VPT><<<loss_chunks(T), kChunkBlock, 0, stream>>>(
           static_cast<const scalar_t*>(logits), mask, T, E, shape.width, prob_partials, lse_partials);
       return cudaGetLastError();
@@ -355,12 +343,12 @@ cudaError_t launch_router_chunks(const void* logits, DType dtype, const bool* ma
 
 }  // namespace
 
-cudaError_t launch_topk_gating(const void* logits, DType dtype, int64_t T, int E, int k, bool normalize,
-                               float* weights, int32_t* indices, cudaStream_t stream) {
+cudaError_t launch_topk_gating(const void* logits, DType dtype, int64_t T, int E, int k, bool normalize, float* weights,
+                               int32_t* indices, cudaStream_t stream) {
   if (T == 0) return cudaSuccess;
   const GroupShape shape = group_shape(E);
-  return PESC_CUDA_DISPATCH_DTYPE(dtype, [&] {
-    return PESC_DISPATCH_VPT(shape.vpt, [&] {
+  return PESC_DTYPE_SWITCH(dtype, DeviceTypes, [&] {
+    return PESC_POW2_SWITCH(shape.vpt, VPT, [&] {
       topk_gating_kernel<scalar_t, VPT><<<token_blocks(T, shape.width), kTokenBlock, 0, stream>>>(
           static_cast<const scalar_t*>(logits), T, E, k, shape.width, normalize, weights, indices);
       return cudaGetLastError();
@@ -373,8 +361,8 @@ cudaError_t launch_topk_gating_backward(const float* grad_weights, const void* l
                                         bool normalize, void* grad_logits, cudaStream_t stream) {
   if (T == 0) return cudaSuccess;
   const GroupShape shape = group_shape(E);
-  return PESC_CUDA_DISPATCH_DTYPE(dtype, [&] {
-    return PESC_DISPATCH_VPT(shape.vpt, [&] {
+  return PESC_DTYPE_SWITCH(dtype, DeviceTypes, [&] {
+    return PESC_POW2_SWITCH(shape.vpt, VPT, [&] {
       topk_gating_backward_kernel<scalar_t, VPT><<<token_blocks(T, shape.width), kTokenBlock, 0, stream>>>(
           grad_weights, static_cast<const scalar_t*>(logits), weights, indices, T, E, k, shape.width, normalize,
           static_cast<scalar_t*>(grad_logits));
@@ -399,8 +387,8 @@ cudaError_t launch_load_balancing_loss_backward(const float* grad, const void* l
   if (T == 0) return cudaSuccess;
   PESC_CUDA_RETURN_IF_ERROR(count_routed_slots(indices, mask, T, k, E, counts, stream));
   const GroupShape shape = group_shape(E);
-  return PESC_CUDA_DISPATCH_DTYPE(dtype, [&] {
-    return PESC_DISPATCH_VPT(shape.vpt, [&] {
+  return PESC_DTYPE_SWITCH(dtype, DeviceTypes, [&] {
+    return PESC_POW2_SWITCH(shape.vpt, VPT, [&] {
       balance_backward_kernel<scalar_t, VPT><<<token_blocks(T, shape.width), kTokenBlock, 0, stream>>>(
           grad, static_cast<const scalar_t*>(logits), mask, counts, T, E, k, shape.width,
           static_cast<scalar_t*>(grad_logits));
@@ -424,8 +412,8 @@ cudaError_t launch_router_z_loss_backward(const float* grad, const void* logits,
   if (T == 0) return cudaSuccess;
   PESC_CUDA_RETURN_IF_ERROR(count_routed_slots(nullptr, mask, T, 1, 0, token_count, stream));
   const GroupShape shape = group_shape(E);
-  return PESC_CUDA_DISPATCH_DTYPE(dtype, [&] {
-    return PESC_DISPATCH_VPT(shape.vpt, [&] {
+  return PESC_DTYPE_SWITCH(dtype, DeviceTypes, [&] {
+    return PESC_POW2_SWITCH(shape.vpt, VPT, [&] {
       z_loss_backward_kernel<scalar_t, VPT><<<token_blocks(T, shape.width), kTokenBlock, 0, stream>>>(
           grad, static_cast<const scalar_t*>(logits), mask, token_count, T, E, shape.width,
           static_cast<scalar_t*>(grad_logits));

@@ -16,8 +16,8 @@ namespace pesc {
 constexpr int64_t kLossChunkTokens = 64;
 inline int64_t loss_chunks(int64_t T) { return (T + kLossChunkTokens - 1) / kLossChunkTokens; }
 
-cudaError_t launch_topk_gating(const void* logits, DType dtype, int64_t T, int E, int k, bool normalize,
-                               float* weights, int32_t* indices, cudaStream_t stream);
+cudaError_t launch_topk_gating(const void* logits, DType dtype, int64_t T, int E, int k, bool normalize, float* weights,
+                               int32_t* indices, cudaStream_t stream);
 
 cudaError_t launch_topk_gating_backward(const float* grad_weights, const void* logits, DType dtype,
                                         const float* weights, const int32_t* indices, int64_t T, int E, int k,

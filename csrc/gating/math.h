@@ -11,11 +11,9 @@
 #pragma once
 
 #include "core/host_device.h"
+#include "core/limits.h"
 
 namespace pesc {
-
-// Largest expert count any gating/permutation op accepts (the CUDA kernels keep a row in registers).
-constexpr int kMaxExperts = 1024;
 
 // True when (a, ia) ranks strictly before (b, ib): a strict total order over (logit, index) pairs,
 // so selection never depends on scan or reduction order and NaN rows still give distinct ids.
@@ -29,9 +27,7 @@ PESC_HD bool topk_ranks_before(float a, int ia, float b, int ib) {
 // exp(l - m): one term of the softmax denominator.
 PESC_HD float softmax_term(float logit, float row_max) { return expf(logit - row_max); }
 
-PESC_HD float softmax_prob(float logit, float row_max, float inv_sum) {
-  return softmax_term(logit, row_max) * inv_sum;
-}
+PESC_HD float softmax_prob(float logit, float row_max, float inv_sum) { return softmax_term(logit, row_max) * inv_sum; }
 
 PESC_HD float log_sum_exp(float row_max, float sum) { return row_max + logf(sum); }
 

@@ -1,4 +1,4 @@
-// CPU kernels for the permutation ops (DESIGN.md 2.2).
+// CPU kernels for the permutation ops (docs/design.md, "Permutation").
 //
 //   permute(x[T,d], indices[T,k], E) -> x_perm[N,d], row_map[T,k] int32, expert_offsets[E+1] int64
 //   unpermute(y_perm[N,d], row_map, weights[T,k] fp32?, residual[T,d]?) -> y[T,d]
@@ -20,11 +20,12 @@
 #include <type_traits>
 #include <vector>
 
+#include <torch/library.h>
+
 #include "core/checks.h"
-#include "core/dispatch.h"
-#include "permute/outputs.h"
+#include "core/tensor_utils.h"
 #include "permute/math.h"
-#include "ops.h"
+#include "permute/ops.h"
 
 namespace pesc {
 namespace {
@@ -89,8 +90,8 @@ void scatter_rows(const scalar_t* src, const scalar_t* y_perm, const ScatterArgs
 }
 
 template <typename scalar_t>
-void gather_rows(const scalar_t* src, const int32_t* row_map, const float* weights, const scalar_t* residual,
-                 int64_t T, int64_t k, int64_t d, scalar_t* out) {
+void gather_rows(const scalar_t* src, const int32_t* row_map, const float* weights, const scalar_t* residual, int64_t T,
+                 int64_t k, int64_t d, scalar_t* out) {
   at::parallel_for(0, T, token_grain(d, k), [&](int64_t begin, int64_t end) {
     std::vector<float> acc(d);
     for (int64_t t = begin; t < end; ++t) {
@@ -107,22 +108,13 @@ void gather_rows(const scalar_t* src, const int32_t* row_map, const float* weigh
   });
 }
 
-template <typename T>
-const T* optional_ptr(const std::optional<at::Tensor>& t) {
-  return t.has_value() ? t->data_ptr<T>() : nullptr;
-}
-
-}  // namespace
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor> permute_cpu(const at::Tensor& x_in, const at::Tensor& indices_in,
                                                            int64_t num_experts) {
-  const char* op = "pesc.permute";
-  check_permute(x_in, indices_in, num_experts);
-  check_expert_ids_cpu(op, indices_in, num_experts, "indices");
+  auto [x_perm, row_map, offsets] = permute_outputs(x_in, indices_in, num_experts);
+  check_expert_ids_cpu("pesc.permute", indices_in, num_experts, "indices");
   const at::Tensor x = x_in.contiguous(), indices = indices_in.contiguous();
   const int64_t T = x.size(0), d = x.size(1), k = indices.size(1), N = T * k;
   const int32_t E = static_cast<int32_t>(num_experts);
-  auto [x_perm, row_map, offsets] = allocate_permute_outputs(x, indices, num_experts);
 
   // Stable counting sort: histogram, exclusive scan, then slots in (t, j) order take the next row
   // of their expert.
@@ -135,7 +127,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> permute_cpu(const at::Tensor& x_i
   int32_t* rows = row_map.data_ptr<int32_t>();
   for (int64_t s = 0; s < N; ++s) rows[s] = static_cast<int32_t>(next[expert_sort_key(ids[s], E)]++);
 
-  PESC_DISPATCH_FLOAT_TYPES(x.scalar_type(), "permute_cpu", [&] {
+  PESC_DTYPE_SWITCH(dtype_of(x), HostTypes, [&] {
     scatter_rows<scalar_t>(x.data_ptr<scalar_t>(), nullptr, {rows, nullptr, T, k, d, nullptr},
                            x_perm.data_ptr<scalar_t>());
   });
@@ -144,15 +136,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> permute_cpu(const at::Tensor& x_i
 
 at::Tensor unpermute_cpu(const at::Tensor& y_perm_in, const at::Tensor& row_map_in,
                          const std::optional<at::Tensor>& weights_in, const std::optional<at::Tensor>& residual_in) {
-  check_unpermute(y_perm_in, row_map_in, weights_in, residual_in);
+  at::Tensor y = unpermute_outputs(y_perm_in, row_map_in, weights_in, residual_in);
   check_row_map_cpu("pesc.unpermute", row_map_in);
   const at::Tensor y_perm = y_perm_in.contiguous(), row_map = row_map_in.contiguous();
   const auto weights = contiguous_optional(weights_in), residual = contiguous_optional(residual_in);
   const int64_t T = row_map.size(0), k = row_map.size(1), d = y_perm.size(1);
-  at::Tensor y = allocate_unpermute_output(y_perm, row_map);
-  PESC_DISPATCH_FLOAT_TYPES(y_perm.scalar_type(), "unpermute_cpu", [&] {
-    gather_rows<scalar_t>(y_perm.data_ptr<scalar_t>(), row_map.data_ptr<int32_t>(), optional_ptr<float>(weights),
-                          optional_ptr<scalar_t>(residual), T, k, d, y.data_ptr<scalar_t>());
+  PESC_DTYPE_SWITCH(dtype_of(y_perm), HostTypes, [&] {
+    gather_rows<scalar_t>(y_perm.data_ptr<scalar_t>(), row_map.data_ptr<int32_t>(), optional_data<float>(weights),
+                          optional_data<scalar_t>(residual), T, k, d, y.data_ptr<scalar_t>());
   });
   return y;
 }
@@ -160,19 +151,29 @@ at::Tensor unpermute_cpu(const at::Tensor& y_perm_in, const at::Tensor& row_map_
 std::tuple<at::Tensor, at::Tensor> unpermute_backward_cpu(const at::Tensor& grad_y_in, const at::Tensor& row_map_in,
                                                           const std::optional<at::Tensor>& weights_in,
                                                           const std::optional<at::Tensor>& y_perm_in) {
-  check_unpermute_backward(grad_y_in, row_map_in, weights_in, y_perm_in);
+  auto [grad_y_perm, grad_weights] = unpermute_backward_outputs(grad_y_in, row_map_in, weights_in, y_perm_in);
   check_row_map_cpu("pesc.unpermute_backward", row_map_in);
   const at::Tensor grad_y = grad_y_in.contiguous(), row_map = row_map_in.contiguous();
   const auto weights = contiguous_optional(weights_in), y_perm = contiguous_optional(y_perm_in);
   const int64_t T = row_map.size(0), k = row_map.size(1), d = grad_y.size(1);
-  auto [grad_y_perm, grad_weights] = allocate_unpermute_backward_outputs(grad_y, row_map, y_perm.has_value());
-  PESC_DISPATCH_FLOAT_TYPES(grad_y.scalar_type(), "unpermute_backward_cpu", [&] {
-    const ScatterArgs args{row_map.data_ptr<int32_t>(), optional_ptr<float>(weights), T, k, d,
+  PESC_DTYPE_SWITCH(dtype_of(grad_y), HostTypes, [&] {
+    const ScatterArgs args{row_map.data_ptr<int32_t>(),
+                           optional_data<float>(weights),
+                           T,
+                           k,
+                           d,
                            y_perm.has_value() ? grad_weights.data_ptr<float>() : nullptr};
-    scatter_rows<scalar_t>(grad_y.data_ptr<scalar_t>(), optional_ptr<scalar_t>(y_perm), args,
+    scatter_rows<scalar_t>(grad_y.data_ptr<scalar_t>(), optional_data<scalar_t>(y_perm), args,
                            grad_y_perm.data_ptr<scalar_t>());
   });
   return {grad_y_perm, grad_weights};
 }
 
+}  // namespace
 }  // namespace pesc
+
+TORCH_LIBRARY_IMPL(pesc, CPU, m) {
+  m.impl("permute", &pesc::permute_cpu);
+  m.impl("unpermute", &pesc::unpermute_cpu);
+  m.impl("unpermute_backward", &pesc::unpermute_backward_cpu);
+}

@@ -1,32 +1,27 @@
-// CUDA entry points of the permutation ops: validate (common/checks), make inputs contiguous,
-// allocate outputs and workspaces through the caching allocator, and launch permute.cu's kernels on
+// CUDA entry points of the permutation ops: validate and allocate the outputs (permute/ops.h), make
+// inputs contiguous, allocate workspaces through the caching allocator, and launch permute.cu's kernels on
 // the current stream under a device guard. Every size follows from the input shapes (N = T*k) and
 // nothing reads device memory, so there is no host sync. Unlike the CPU path, ids and row_map
 // entries are not validated against their ranges (that would need a sync); the kernels keep every
 // access in bounds instead (see permute.h).
 #include <ATen/ATen.h>
 
-#include "core/checks.h"
-#include "permute/outputs.h"
+#include <torch/library.h>
+
 #include "core/cuda_host.h"
 #include "permute/kernels.h"
-#include "ops.h"
+#include "permute/ops.h"
 
 namespace pesc {
 namespace {
 
-const void* optional_rows(const std::optional<at::Tensor>& t) { return t.has_value() ? t->data_ptr() : nullptr; }
-
-}  // namespace
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor> permute_cuda(const at::Tensor& x_in, const at::Tensor& indices_in,
                                                             int64_t num_experts) {
-  check_permute(x_in, indices_in, num_experts);
+  auto [x_perm, row_map, offsets] = permute_outputs(x_in, indices_in, num_experts);
   const c10::cuda::CUDAGuard guard(x_in.device());
   const at::Tensor x = x_in.contiguous(), indices = indices_in.contiguous();
   const int64_t T = x.size(0), d = x.size(1), k = indices.size(1), N = T * k;
   const int E = static_cast<int>(num_experts);
-  auto [x_perm, row_map, offsets] = allocate_permute_outputs(x, indices, num_experts);
   size_t temp_bytes = 0;
   C10_CUDA_CHECK(permute_sort_temp_bytes(N, E, &temp_bytes));
   // keys and slots hold the sort's input then output halves; keys are uint32 bit patterns.
@@ -42,13 +37,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> permute_cuda(const at::Tensor& x_
 
 at::Tensor unpermute_cuda(const at::Tensor& y_perm_in, const at::Tensor& row_map_in,
                           const std::optional<at::Tensor>& weights_in, const std::optional<at::Tensor>& residual_in) {
-  check_unpermute(y_perm_in, row_map_in, weights_in, residual_in);
+  at::Tensor y = unpermute_outputs(y_perm_in, row_map_in, weights_in, residual_in);
   const c10::cuda::CUDAGuard guard(y_perm_in.device());
   const at::Tensor y_perm = y_perm_in.contiguous(), row_map = row_map_in.contiguous();
   const auto weights = contiguous_optional(weights_in), residual = contiguous_optional(residual_in);
-  at::Tensor y = allocate_unpermute_output(y_perm, row_map);
   C10_CUDA_CHECK(launch_unpermute(y_perm.data_ptr(), dtype_of(y_perm), row_map.data_ptr<int32_t>(),
-                                  optional_data<float>(weights), optional_rows(residual), row_map.size(0),
+                                  optional_data<float>(weights), optional_data_ptr(residual), row_map.size(0),
                                   static_cast<int>(row_map.size(1)), y_perm.size(1), y.data_ptr(), current_stream()));
   return y;
 }
@@ -56,18 +50,23 @@ at::Tensor unpermute_cuda(const at::Tensor& y_perm_in, const at::Tensor& row_map
 std::tuple<at::Tensor, at::Tensor> unpermute_backward_cuda(const at::Tensor& grad_y_in, const at::Tensor& row_map_in,
                                                            const std::optional<at::Tensor>& weights_in,
                                                            const std::optional<at::Tensor>& y_perm_in) {
-  check_unpermute_backward(grad_y_in, row_map_in, weights_in, y_perm_in);
+  auto [grad_y_perm, grad_weights] = unpermute_backward_outputs(grad_y_in, row_map_in, weights_in, y_perm_in);
   const c10::cuda::CUDAGuard guard(grad_y_in.device());
   const at::Tensor grad_y = grad_y_in.contiguous(), row_map = row_map_in.contiguous();
   const auto weights = contiguous_optional(weights_in), y_perm = contiguous_optional(y_perm_in);
   const int64_t T = row_map.size(0), k = row_map.size(1), d = grad_y.size(1);
-  auto [grad_y_perm, grad_weights] = allocate_unpermute_backward_outputs(grad_y, row_map, y_perm.has_value());
-  C10_CUDA_CHECK(launch_unpermute_backward(grad_y.data_ptr(), dtype_of(grad_y), row_map.data_ptr<int32_t>(),
-                                           optional_data<float>(weights), optional_rows(y_perm), T,
-                                           static_cast<int>(k), d, grad_y_perm.data_ptr(),
-                                           y_perm.has_value() ? grad_weights.data_ptr<float>() : nullptr,
-                                           current_stream()));
+  C10_CUDA_CHECK(launch_unpermute_backward(
+      grad_y.data_ptr(), dtype_of(grad_y), row_map.data_ptr<int32_t>(), optional_data<float>(weights),
+      optional_data_ptr(y_perm), T, static_cast<int>(k), d, grad_y_perm.data_ptr(),
+      y_perm.has_value() ? grad_weights.data_ptr<float>() : nullptr, current_stream()));
   return {grad_y_perm, grad_weights};
 }
 
+}  // namespace
 }  // namespace pesc
+
+TORCH_LIBRARY_IMPL(pesc, CUDA, m) {
+  m.impl("permute", &pesc::permute_cuda);
+  m.impl("unpermute", &pesc::unpermute_cuda);
+  m.impl("unpermute_backward", &pesc::unpermute_backward_cuda);
+}

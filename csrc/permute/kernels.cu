@@ -1,4 +1,4 @@
-// CUDA kernels for the permutation ops (DESIGN.md 2.2): permute, unpermute, unpermute_backward.
+// CUDA kernels for the permutation ops (docs/design.md, "Permutation"): permute, unpermute, unpermute_backward.
 //
 // permute(x[T,d], indices[T,k], E) -> x_perm[N,d], row_map[T,k] int32, expert_offsets[E+1] int64:
 //   1. keys[s] = expert id of routed slot s = t*k + j (clamped into [0, E)), slots[s] = s;
@@ -17,41 +17,30 @@
 // d * sizeof(dtype) % 16 == 0 and every row pointer is 16-byte aligned, else one element at a time.
 // Row offsets are 64-bit (row * d can pass 2^31). row_map entries outside [0, N) are never
 // dereferenced, so a corrupt row_map cannot cause an out-of-bounds access.
-#include <cub/device/device_radix_sort.cuh>
 #include <cuda_runtime.h>
+#include <cub/device/device_radix_sort.cuh>
 
 #include <algorithm>
 #include <cstdint>
 #include <initializer_list>
 
-#include "permute/math.h"
 #include "core/cuda_utils.cuh"
 #include "permute/kernels.h"
+#include "permute/math.h"
 
 namespace pesc {
 namespace {
 
 constexpr int kWarp = 32;
-constexpr int kRowBlock = 256;                     // threads per block of the row kernels
+constexpr int kRowBlock = 256;                      // threads per block of the row kernels
 constexpr int kTokensPerBlock = kRowBlock / kWarp;  // one warp per token
-constexpr int kIndexBlock = 256;                   // threads per block of the index kernels
+constexpr int kIndexBlock = 256;                    // threads per block of the index kernels
 
 // VEC elements of one row moved as a single load/store (16 bytes when VEC = 16 / sizeof(scalar_t)).
 template <typename scalar_t, int VEC>
 struct alignas(sizeof(scalar_t) * VEC) Pack {
   scalar_t v[VEC];
 };
-
-// Binds constexpr VEC: 16-byte packs when `vectorized`, single elements otherwise.
-#define PESC_DISPATCH_VEC(VECTORIZED, ...)                    \
-  [&]() -> cudaError_t {                                      \
-    if (VECTORIZED) {                                         \
-      constexpr int VEC = 16 / static_cast<int>(sizeof(scalar_t)); \
-      return __VA_ARGS__();                                   \
-    }                                                         \
-    constexpr int VEC = 1;                                    \
-    return __VA_ARGS__();                                     \
-  }()
 
 bool rows_vectorizable(int64_t row_bytes, std::initializer_list<const void*> rows) {
   if (row_bytes % 16 != 0) return false;
@@ -201,9 +190,10 @@ cudaError_t launch_scatter_rows(const void* src, DType dtype, const int32_t* row
                                 const void* y_perm, int64_t T, int k, int64_t d, void* dst, float* grad_weights,
                                 cudaStream_t stream) {
   if (T == 0) return cudaSuccess;
-  return PESC_CUDA_DISPATCH_DTYPE(dtype, [&] {
+  return PESC_DTYPE_SWITCH(dtype, DeviceTypes, [&] {
     const bool vectorized = rows_vectorizable(d * static_cast<int64_t>(sizeof(scalar_t)), {src, y_perm, dst});
-    return PESC_DISPATCH_VEC(vectorized, [&] {
+    return PESC_BOOL_SWITCH(vectorized, VECTORIZED, [&] {
+      constexpr int VEC = VECTORIZED ? 16 / static_cast<int>(sizeof(scalar_t)) : 1;
       scatter_rows_kernel<scalar_t, VEC><<<token_blocks(T), kRowBlock, 0, stream>>>(
           static_cast<const scalar_t*>(src), row_map, weights, static_cast<const scalar_t*>(y_perm), T, k, d,
           static_cast<scalar_t*>(dst), grad_weights);
@@ -215,8 +205,8 @@ cudaError_t launch_scatter_rows(const void* src, DType dtype, const int32_t* row
 // The CUB call both sizes the scratch (temp == nullptr) and sorts; both must see the same arguments.
 cudaError_t radix_sort_slots(void* temp, size_t& temp_bytes, const uint32_t* keys_in, uint32_t* keys_out,
                              const int32_t* slots_in, int32_t* slots_out, int64_t N, int E, cudaStream_t stream) {
-  return cub::DeviceRadixSort::SortPairs(temp, temp_bytes, keys_in, keys_out, slots_in, slots_out,
-                                         static_cast<int>(N), 0, sort_end_bit(E), stream);
+  return cub::DeviceRadixSort::SortPairs(temp, temp_bytes, keys_in, keys_out, slots_in, slots_out, static_cast<int>(N),
+                                         0, sort_end_bit(E), stream);
 }
 
 }  // namespace
@@ -252,9 +242,10 @@ cudaError_t launch_permute(const void* x, DType dtype, const int32_t* indices, i
 cudaError_t launch_unpermute(const void* y_perm, DType dtype, const int32_t* row_map, const float* weights,
                              const void* residual, int64_t T, int k, int64_t d, void* y, cudaStream_t stream) {
   if (T == 0) return cudaSuccess;
-  return PESC_CUDA_DISPATCH_DTYPE(dtype, [&] {
+  return PESC_DTYPE_SWITCH(dtype, DeviceTypes, [&] {
     const bool vectorized = rows_vectorizable(d * static_cast<int64_t>(sizeof(scalar_t)), {y_perm, residual, y});
-    return PESC_DISPATCH_VEC(vectorized, [&] {
+    return PESC_BOOL_SWITCH(vectorized, VECTORIZED, [&] {
+      constexpr int VEC = VECTORIZED ? 16 / static_cast<int>(sizeof(scalar_t)) : 1;
       gather_rows_kernel<scalar_t, VEC><<<token_blocks(T), kRowBlock, 0, stream>>>(
           static_cast<const scalar_t*>(y_perm), row_map, weights, static_cast<const scalar_t*>(residual), T, k, d,
           static_cast<scalar_t*>(y));

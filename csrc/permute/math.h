@@ -1,4 +1,4 @@
-// Per-element math of the permutation ops (DESIGN.md 2.2), shared by the CPU and CUDA kernels.
+// Per-element math of the permutation ops (docs/design.md, "Permutation"), shared by the CPU and CUDA kernels.
 //
 //   permute:   the sort key of routed slot s = t*k + j is its expert id; a stable sort by key gives
 //              x_perm[row_map[t, j]] = x[t], and offsets[e] = #slots with key < e.

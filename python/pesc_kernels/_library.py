@@ -1,9 +1,12 @@
 """Loading of the compiled extension and the choice, per op and device, between it and the reference.
 
-`pesc_kernels._C` registers every op under ``torch.ops.pesc`` when imported. If it is missing (not
-built) or has no kernel for a device (MPS, XPU, or CUDA tensors with a CPU-only build), the public
-wrappers in :mod:`pesc_kernels.ops` run :mod:`pesc_kernels.reference` instead and warn once per
-device type.
+`pesc_kernels._C` registers every op under ``torch.ops.pesc`` when imported: schemas, Meta kernels
+(the validators, which also serve as fake implementations) and CPU/CUDA kernels. If it has no kernel
+for a device (MPS, XPU, or CUDA tensors with a CPU-only build), the public wrappers in
+:mod:`pesc_kernels.ops` call :func:`fallback`: the op first runs on meta copies of its arguments,
+which applies exactly the kernels' validation (same errors, same messages), then
+:mod:`pesc_kernels.reference` computes the result, with one warning per device type. If the
+extension did not load at all (not built), the reference runs unvalidated.
 """
 from __future__ import annotations
 
@@ -67,11 +70,28 @@ def _warn_fallback(device_type: str) -> None:
 
 
 def use_kernel(op: str, device: torch.device) -> bool:
-    """Whether the public wrapper should call the compiled op; warns once per device type if not."""
-    if has_kernel(op, device.type):
-        return True
+    """Whether the public wrapper should call the compiled op (else :func:`fallback`)."""
+    return has_kernel(op, device.type)
+
+
+def fallback(op: str, args: tuple, reference_fn):
+    """The result of ``reference_fn(*args)`` for ``torch.ops.pesc.<op>``, on a device without kernels.
+
+    Warns once per device type, then validates: every tensor argument must be on one device, and
+    the op's Meta kernel runs on meta copies of the arguments (shapes, dtypes and values such as
+    ``k <= E`` are checked; nothing is computed or copied).
+    """
+    tensors = [(i, a) for i, a in enumerate(args) if isinstance(a, torch.Tensor)]
+    device = tensors[0][1].device
     _warn_fallback(device.type)
-    return False
+    if _C is not None:
+        names = [arg.name for arg in getattr(torch.ops.pesc, op).default._schema.arguments]
+        for i, t in tensors[1:]:
+            if t.device != device:
+                raise ValueError(f"pesc.{op}: {names[i]} is on {t.device} but {names[tensors[0][0]]} is on {device}; "
+                                 "all tensors must be on the same device")
+        getattr(torch.ops.pesc, op)(*(a.to("meta") if isinstance(a, torch.Tensor) else a for a in args))
+    return reference_fn(*args)
 
 
 def registered_ops() -> list[str]:

@@ -79,7 +79,8 @@ def load_pesc(base_model: nn.Module, directory: str | os.PathLike) -> nn.Module:
     directory = Path(directory)
     for name in (CONFIG_NAME, WEIGHTS_NAME):
         if not (directory / name).is_file():
-            raise FileNotFoundError(f"load_pesc: {directory / name} not found; expected a directory written by save_pesc")
+            raise FileNotFoundError(f"load_pesc: {directory / name} not found; "
+                                    "expected a directory written by save_pesc")
     config = PESCConfig.from_json_file(directory / CONFIG_NAME)
     hf = unwrap_model(base_model)
     crafted = pesc_layers(hf)
@@ -101,7 +102,8 @@ def load_pesc(base_model: nn.Module, directory: str | os.PathLike) -> nn.Module:
         saved_hidden = int(metadata.get("hidden_size", hidden_size))
         if saved_hidden != hidden_size:
             raise ValueError(f"load_pesc: the checkpoint was saved from a model with hidden_size={saved_hidden} "
-                             f"({metadata.get('model_type') or 'unknown type'}); this model has hidden_size={hidden_size}")
+                             f"({metadata.get('model_type') or 'unknown type'}); "
+                             f"this model has hidden_size={hidden_size}")
         shapes = _expected_shapes(config, hidden_size)
         expected = {f"{m}.{s}": shapes[s] for m in modules for s in _SUFFIXES}
         keys = set(f.keys())

@@ -1,4 +1,4 @@
-"""PESCConfig: the settings of a PESC layer and of a crafted model (DESIGN.md 1).
+"""PESCConfig: the settings of a PESC layer and of a crafted model (docs/design.md, "The PESC layer").
 
 One config describes every crafted FFN of a model: E experts, top-k routing, rank-r adapters
 ``A_e(z) = scaling * act(dropout(z) @ Wd[e]) @ Wu[e]``, the loss coefficients used in training and
@@ -12,6 +12,8 @@ import json
 import math
 import os
 from dataclasses import dataclass, field
+
+from .reference.activations import ACTIVATIONS
 
 MAX_EXPERTS = 1024  # the routing and permutation ops support 1 <= E <= 1024
 MAX_ADAPTER_DIM = 1024  # the adapter op supports 1 <= r <= 1024
@@ -80,8 +82,6 @@ class PESCConfig:
         if self.top_k > self.num_experts:
             raise ValueError(f"PESCConfig: top_k ({self.top_k}) must be <= num_experts ({self.num_experts})")
         _check_int("adapter_dim", self.adapter_dim, 1, MAX_ADAPTER_DIM)
-        from .reference.adapter import ACTIVATIONS  # here, not at the top: reference imports this module
-
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"PESCConfig: activation must be one of {', '.join(ACTIVATIONS)}; got {self.activation!r}")
         _check_float("scaling", self.scaling)

@@ -27,7 +27,6 @@ import torch
 from torch import nn
 
 from . import ops
-from ._moe_base import MoEAdapterBase
 from .config import PESCConfig
 from .layer import PESCMoE
 
@@ -49,9 +48,9 @@ def unwrap_model(model: nn.Module) -> nn.Module:
             return model
 
 
-def pesc_layers(model: nn.Module) -> list[tuple[str, MoEAdapterBase]]:
+def pesc_layers(model: nn.Module) -> list[tuple[str, PESCMoE]]:
     """``(qualified name, layer)`` of every PESC layer, names relative to :func:`unwrap_model`."""
-    return [(name, m) for name, m in unwrap_model(model).named_modules() if isinstance(m, MoEAdapterBase)]
+    return [(name, m) for name, m in unwrap_model(model).named_modules() if isinstance(m, PESCMoE)]
 
 
 def pesc_parameters(model: nn.Module) -> list[nn.Parameter]:
@@ -73,7 +72,7 @@ def find_targets(model: nn.Module, target_modules: list[str]) -> list[str]:
     """Qualified names of the modules to wrap: name == t or name ends with "." + t, outermost only."""
     found: list[str] = []
     for name, module in model.named_modules():
-        if not name or isinstance(module, MoEAdapterBase):
+        if not name or isinstance(module, PESCMoE):
             continue
         if any(name == f or name.startswith(f + ".") for f in found):
             continue  # inside a module already selected
@@ -263,7 +262,7 @@ def _micro_batch_share(labels: torch.Tensor, kwargs: dict):
     return count / total
 
 
-def _warn_if_untrainable(model: nn.Module, layers: list[MoEAdapterBase]) -> None:
+def _warn_if_untrainable(model: nn.Module, layers: list[PESCMoE]) -> None:
     """Warn once when training cannot reach the routers: frozen PESC parameters, or router logits
     recorded without a graph (reentrant activation checkpointing runs the first forward under no_grad)."""
     if getattr(model, "_pesc_warned", False) or not (model.training and torch.is_grad_enabled()):

@@ -94,7 +94,8 @@ class ByteTokenizer:
     @classmethod
     def from_pretrained(cls, directory) -> "ByteTokenizer":
         config = json.loads((Path(directory) / "tokenizer_config.json").read_text())
-        if config.get("tokenizer_class") != TOKENIZER_CLASS or tuple(config.get("special_tokens", ())) != SPECIAL_TOKENS:
+        special = tuple(config.get("special_tokens", ()))
+        if config.get("tokenizer_class") != TOKENIZER_CLASS or special != SPECIAL_TOKENS:
             raise ValueError(f"{directory} does not hold a {TOKENIZER_CLASS} with this version's special tokens")
         return cls(padding_side=config.get("padding_side", "right"))
 

@@ -1,9 +1,11 @@
-"""Benchmark cases shared by the pytest-benchmark files in benchmarks/ and the benchmark runner.
+"""The benchmark runner (``pesc-bench``, ``python -m pesc_kernels.bench``) and its cases.
 
-A case builds, for one device and dtype, the callables to time: a baseline (the pure-PyTorch
-reference or another public formulation) and ours. Keeping shapes and candidates here means the
-pytest-benchmark suite and any runner time exactly the same work.
+A case builds, for one device and dtype, the callables to time: the baselines (the pure-PyTorch
+reference and the best plain-PyTorch formulations a user would write) and ours. ``pesc-bench`` times
+them alternately in one run; ``benchmarks/test_benchmarks.py`` runs the same cases under
+pytest-benchmark. Needs the ``bench`` extra (tqdm, matplotlib): ``pip install pesc_kernels[bench]``.
 """
-from .cases import Case, CaseRun, cases_for
+from .case import Case, CaseRun
+from .registry import cases_for
 
 __all__ = ["Case", "CaseRun", "cases_for"]

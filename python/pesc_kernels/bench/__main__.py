@@ -4,7 +4,7 @@ Measures every op against its reference baseline and the PESC layer against the 
 Camelidae- and Sparsetral-style layers, alternating candidates within one run. Writes
 results.json, a PNG chart and prints the table. Examples::
 
-    pesc-bench --quick                       # CPU, float32, the quick size set (< 3 min on 2 cores)
+    pesc-bench --quick                       # CPU, float32, the quick size set (a few minutes)
     pesc-bench --device cuda --dtype bfloat16 --full --out gpu-results
     pesc-bench --families gating,permute --tiny
 """
@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from . import cases_for, report
 from .machine import cuda_calibration, load_average, machine_info
@@ -57,6 +56,8 @@ def run(args) -> dict:
         "calibration": cuda_calibration(device, dtype) if device.type == "cuda" else None,
         "cases": [],
     }
+    from tqdm import tqdm  # present: main() checked the extra
+
     for case in tqdm(selected, desc="pesc-bench", unit="case"):
         result = measure_case(case, device, dtype, SIZE_BUDGETS[args.size], measure_memory=not args.no_memory)
         if results["calibration"] and result.get("achieved_GBps"):
@@ -66,9 +67,19 @@ def run(args) -> dict:
     return results
 
 
+def require_bench_extra() -> None:
+    """Fail before measuring anything when the ``bench`` extra (tqdm, matplotlib) is missing."""
+    import importlib.util
+
+    missing = [name for name in ("tqdm", "matplotlib") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise SystemExit(f"pesc-bench needs {' and '.join(missing)}: pip install pesc_kernels[bench]")
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
+    require_bench_extra()
     args.argv = argv
     results = run(args)
     args.out.mkdir(parents=True, exist_ok=True)

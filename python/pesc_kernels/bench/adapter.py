@@ -1,6 +1,6 @@
 """Benchmark cases for the grouped GEMMs: the PESC adapter (the heart of PESC) and grouped_mm.
 
-Adapter shapes (issue 4): N = T*k in {8192, 32768}, d in {1024, 4096}, r in {64, 512},
+Adapter shapes: N = T*k in {8192, 32768}, d in {1024, 4096}, r in {64, 512},
 E in {8, 16}; forward and forward+backward (gradients for x, w_down and w_up), gelu, scaling 1.
 Rows are routed uniformly at random, so segments are unequal, as in training.
 
@@ -18,7 +18,7 @@ Candidates (the first is the baseline):
 flops counts the GEMMs (fwd 4 N d r, fwd+bwd 12 N d r); bytes_moved is what an ideal
 implementation must move: x, y and h plus the weights forward; dy, x, h, dx, weights and weight
 gradients backward. On CUDA the runner (python -m pesc_kernels.bench) divides the achieved
-bandwidth by the device-to-device copy bandwidth it measures in the same run (issue 4's target:
+bandwidth by the device-to-device copy bandwidth it measures in the same run (the target:
 >= 0.7 for the adapter forward at d=4096, r=64, where small r makes it memory-bound).
 """
 from __future__ import annotations
@@ -26,10 +26,10 @@ from __future__ import annotations
 import torch
 
 from .. import ops, reference
-from .cases import Case, CaseRun, leaf, register
+from .case import Case, CaseRun, leaf
 
 ADAPTER_SHAPES = [(N, d, r, E) for N in (8192, 32768) for d in (1024, 4096) for r in (64, 512) for E in (8, 16)]
-# The CPU target shape (issue 4), forward and forward+backward; the full grid takes hours on 2 cores.
+# The CPU target shape, forward and forward+backward; the full grid takes hours on a small CPU.
 QUICK = {(32768, 1024, 64, 8, False), (32768, 1024, 64, 8, True)}
 GPU = {(8192, 4096, 64, 8), (32768, 4096, 64, 8), (32768, 4096, 512, 8)}  # scripts/gpu_check.sh
 TINY_ADAPTER = (1024, 256, 16, 4)  # smoke-test size (make test runs the tiny set)
@@ -184,8 +184,7 @@ def _mode(backward: bool) -> str:
     return "fwd+bwd" if backward else "fwd"
 
 
-@register
-def adapter_cases() -> list[Case]:
+def cases() -> list[Case]:
     candidates = ("reference", "torch_loop_fn", "padded_bmm", "torch_grouped_mm", "pesc")
     cases = []
     for N, d, r, E in ADAPTER_SHAPES + [TINY_ADAPTER]:

@@ -1,13 +1,13 @@
 """Benchmark cases for the routing ops: top-k gating plus the balancing loss (the training path).
 
-Shapes (issue 2): T in {4096, 16384}, E in {8, 16, 64}, k in {2, 4}; forward and forward+backward.
+Shapes: T in {4096, 16384}, E in {8, 16, 64}, k in {2, 4}; forward and forward+backward.
 """
 from __future__ import annotations
 
 import torch
 
 from .. import ops, reference
-from .cases import Case, CaseRun, leaf, register
+from .case import Case, CaseRun, leaf
 
 
 def _gating_and_balance(impl, logits, k, upstream, backward):
@@ -39,8 +39,7 @@ def _build(T, E, k, backward):
     return build
 
 
-@register
-def gating_cases() -> list[Case]:
+def cases() -> list[Case]:
     cases = []
     for T in (4096, 16384):
         for E in (8, 16, 64):

@@ -1,17 +1,18 @@
-"""Benchmark cases for the PESC layer: its overhead over the dense FFN it wraps (DESIGN.md 4).
+"""Benchmark cases for the PESC layer: its overhead over the dense FFN it wraps (docs/design.md, "Performance").
 
 Every candidate does one training step, forward + backward with a random upstream gradient, on the
-same LlamaMLP and the same input (which requires grad, as inside a model):
+same SwiGLU FFN (Llama's MLP: ``down(silu(gate(x)) * up(x))``) and the same input (which requires
+grad, as inside a model):
 
-- ``dense``: the LlamaMLP alone (the baseline);
-- ``reference``: :class:`pesc_kernels.reference.PESCMoE` (PESC dataflow on the reference ops);
-- ``camelidae``: :class:`pesc_kernels.reference.CamelidaeMoE` (the official PESC forward);
-- ``sparsetral``: :class:`pesc_kernels.reference.SparsetralMoE` (every expert on every token);
-- ``pesc``: :class:`pesc_kernels.PESCMoE` (the ops: compiled kernels where they exist).
+- ``dense``: the FFN alone (the baseline);
+- ``reference``: ``PESCMoE(impl="reference")`` (the PESC dataflow on the reference ops);
+- ``camelidae``: ``PESCMoE(impl="camelidae")`` (the official PESC forward);
+- ``sparsetral``: ``PESCMoE(impl="sparsetral")`` (every expert on every token);
+- ``pesc``: ``PESCMoE()`` (the ops: compiled kernels where they exist).
 
 The headline is the overhead ratio ``time(variant) / time(dense)``. In the ``FFN trainable`` cases
 the FFN weights receive gradients in every variant, so all variants do identical FFN work and the
-ratio isolates the mixture of adapters (this is the setting of the issue's calibration, FLOP floor
+ratio isolates the mixture of adapters (the setting of the overhead targets, FLOP floor
 ~1.03 and ~1.49 at the two CPU shapes). ``FFN frozen`` is PESC's real training setting (only input
 gradients through the FFN); its FLOP floor is ~1.05 and ~1.73.
 
@@ -21,32 +22,39 @@ reported relative to the dense FFN's.
 from __future__ import annotations
 
 import torch
+from torch import nn
 
-from .. import reference
 from ..config import PESCConfig
 from ..layer import PESCMoE
-from .cases import Case, CaseRun, leaf, register
+from .case import Case, CaseRun, leaf
 
 CANDIDATES = ("dense", "reference", "camelidae", "sparsetral", "pesc")
-_LAYERS = {"reference": reference.PESCMoE, "camelidae": reference.CamelidaeMoE,
-           "sparsetral": reference.SparsetralMoE, "pesc": PESCMoE}
+_IMPLS = {"reference": "reference", "camelidae": "camelidae", "sparsetral": "sparsetral", "pesc": "ops"}
 
-# (d, F, T, E, k, r): the issue's two CPU shapes, plus a small one for smoke runs.
+# (d, F, T, E, k, r): the two CPU target shapes, plus a small one for smoke runs.
 HEADLINE = (1024, 2816, 4096, 8, 2, 64)
 SPARSETRAL = (1024, 2816, 4096, 16, 4, 512)
 TINY = (256, 704, 512, 8, 2, 64)
-# DESIGN.md 4's GPU target shape (a Mistral-7B-sized FFN). It joins the full set only when a GPU is
-# visible: on the 2-core CPU machines one step of it takes minutes.
+# The GPU target shape (a Mistral-7B-sized FFN). It joins the full set only when a GPU is visible:
+# on a CPU one step of it takes minutes.
 GPU = (4096, 14336, 8192, 8, 2, 64)
 
 
-def _dense_ffn(d: int, F: int, device, dtype) -> torch.nn.Module:
-    from transformers import LlamaConfig
-    from transformers.models.llama.modeling_llama import LlamaMLP
+class SwiGLU(nn.Module):
+    """Llama's MLP, ``down(silu(gate(x)) * up(x))``, without biases."""
 
-    config = LlamaConfig(hidden_size=d, intermediate_size=F, hidden_act="silu", num_attention_heads=1,
-                         num_key_value_heads=1)
-    return LlamaMLP(config).to(device=device, dtype=dtype)
+    def __init__(self, d: int, F: int):
+        super().__init__()
+        self.gate_proj = nn.Linear(d, F, bias=False)
+        self.up_proj = nn.Linear(d, F, bias=False)
+        self.down_proj = nn.Linear(F, d, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(torch.nn.functional.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+def _dense_ffn(d: int, F: int, device, dtype) -> nn.Module:
+    return SwiGLU(d, F).to(device=device, dtype=dtype)
 
 
 def _train_step(module: torch.nn.Module, x: torch.Tensor, upstream: torch.Tensor):
@@ -75,7 +83,7 @@ def _build(d, F, T, E, k, r, ffn_trainable):
         torch.manual_seed(0)
         ffn = _dense_ffn(d, F, device, dtype)
         config = PESCConfig(num_experts=E, top_k=k, adapter_dim=r)
-        layers = {name: cls(ffn, d, config).train() for name, cls in _LAYERS.items()}
+        layers = {name: PESCMoE(ffn, d, config, impl=impl).train() for name, impl in _IMPLS.items()}
         with torch.no_grad():  # trained-looking adapters (w_up is zero at init); identical in every variant
             layers["pesc"].w_up.normal_(0.0, 0.02)
         for name in ("reference", "camelidae", "sparsetral"):
@@ -91,8 +99,7 @@ def _build(d, F, T, E, k, r, ffn_trainable):
     return build
 
 
-@register
-def layer_cases() -> list[Case]:
+def cases() -> list[Case]:
     cases = []
     plan = [(TINY, True, ("tiny",)), (HEADLINE, True, ("quick", "full")), (SPARSETRAL, True, ("full",)),
             (HEADLINE, False, ("full",)), (SPARSETRAL, False, ("full",))]

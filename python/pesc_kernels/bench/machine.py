@@ -72,12 +72,15 @@ def _cuda_time_ms(fn, repeats: int) -> float:
     return sorted(times)[len(times) // 2]
 
 
-def cuda_calibration(device: torch.device, dtype: torch.dtype) -> dict:
-    n = 1 << 28  # 1 GiB of fp32: far beyond any L2
+def _copy_time_ms(n: int, device: torch.device) -> float:
     src = torch.empty(n, dtype=torch.float32, device=device).uniform_()
     dst = torch.empty_like(src)
-    copy_ms = _cuda_time_ms(lambda: dst.copy_(src), repeats=10)
-    del src, dst
+    return _cuda_time_ms(lambda: dst.copy_(src), repeats=10)  # both buffers are freed on return
+
+
+def cuda_calibration(device: torch.device, dtype: torch.dtype) -> dict:
+    n = 1 << 28  # 1 GiB of fp32: far beyond any L2
+    copy_ms = _copy_time_ms(n, device)
     size = 8192
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .cases import Case
+from .case import Case
 from .memory import peak_memory_bytes
 
 L2_BYTES_GUESS = 64 << 20  # larger than the L2 of any current GPU (H100/H200: 50 MiB)
@@ -33,7 +33,7 @@ SIZE_BUDGETS = {
     "tiny": Budget(warmup=1, min_rounds=2, max_rounds=3, seconds=0.5),
     "quick": Budget(warmup=1, min_rounds=3, max_rounds=9, seconds=2.5),
     "full": Budget(warmup=2, min_rounds=5, max_rounds=30, seconds=8.0),
-    # scripts/gpu_check.sh: the GPU target shapes only, sized to fit a short device lease.
+    # scripts/gpu_check.sh: the GPU target shapes only, a few minutes in all.
     "gpu": Budget(warmup=3, min_rounds=10, max_rounds=50, seconds=2.0),
 }
 

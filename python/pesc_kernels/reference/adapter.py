@@ -1,4 +1,4 @@
-"""Reference grouped GEMMs on expert segments (DESIGN.md 2.3): a plain per-expert loop of torch.mm.
+"""Reference grouped GEMMs on expert segments: a plain per-expert loop of torch.mm (docs/design.md, "Grouped GEMMs").
 
 grouped_mm: x [N, K], w [E, K, M], expert_offsets [E+1] int64 -> y [N, M], y[seg e] = x[seg e] @ w[e]
 adapter:    y[seg e] = scaling * act(x[seg e] @ w_down[e]) @ w_up[e], w_down [E, d, r], w_up [E, r, d]
@@ -7,21 +7,8 @@ Computed in the inputs' dtype, as a user's own PyTorch loop would (torch.mm accu
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-ACTIVATIONS = {
-    "gelu": F.gelu,  # exact erf GELU, as the paper and the official code use
-    "gelu_tanh": lambda h: F.gelu(h, approximate="tanh"),
-    "silu": F.silu,
-    "relu": F.relu,
-    "identity": lambda h: h,
-}
-
-
-def activation_fn(name: str):
-    if name not in ACTIVATIONS:
-        raise ValueError(f"unknown activation {name!r}; valid: {', '.join(ACTIVATIONS)}")
-    return ACTIVATIONS[name]
+from .activations import activation_fn
 
 
 def _segments(expert_offsets: torch.Tensor):

@@ -1,4 +1,4 @@
-"""Reference routing ops (DESIGN.md 2.1): softmax top-k gating, Switch balancing loss, z-loss.
+"""Reference routing ops: softmax top-k gating, Switch balancing loss, z-loss (docs/design.md, "Routing").
 
 logits [T, E] -> weights [T, k] (float32, or float64 for float64 logits), indices [T, k] int32.
 """

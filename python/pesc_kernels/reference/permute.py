@@ -1,4 +1,4 @@
-"""Reference token permutation (DESIGN.md 2.2): dispatch rows to experts and combine them back.
+"""Reference token permutation: dispatch rows to experts and combine them back (docs/design.md, "Permutation").
 
 permute:   x [T, d], indices [T, k] int32 -> x_perm [N, d], row_map [T, k] int32, expert_offsets [E+1] int64
 unpermute: y_perm [N, d], row_map [T, k], weights [T, k] fp32?, residual [T, d]? -> y [T, d]

@@ -1,7 +1,8 @@
-"""Token permutation ops: dispatch rows to their experts and combine them back (DESIGN.md 2.2).
+"""Token permutation ops: dispatch rows to their experts and combine them back.
 
-Registers fake implementations and autograd for ``torch.ops.pesc.{permute, unpermute}``. The two ops
-are adjoint row movements, so their backward passes are ops too:
+See docs/design.md, "Permutation". Registers autograd for ``torch.ops.pesc.{permute, unpermute}``
+(validation and the fake implementations live with the kernels, ``csrc/permute/ops.cpp``). The two
+ops are adjoint row movements, so their backward passes are ops too:
 
 - permute's backward ``grad_x[t] = sum_j grad_x_perm[row_map[t, j]]`` is exactly
   ``torch.ops.pesc.unpermute(grad_x_perm, row_map)`` (no weights, no residual);
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from . import _library, reference
+from .. import _library, reference
 
 
 def permute(x: torch.Tensor, indices: torch.Tensor, num_experts: int):
@@ -42,7 +43,7 @@ def permute(x: torch.Tensor, indices: torch.Tensor, num_experts: int):
     """
     if _library.use_kernel("permute", x.device):
         return torch.ops.pesc.permute(x, indices, num_experts)
-    return reference.permute(x, indices, num_experts)
+    return _library.fallback("permute", (x, indices, num_experts), reference.permute)
 
 
 def unpermute(y_perm: torch.Tensor, row_map: torch.Tensor, weights: torch.Tensor | None = None,
@@ -65,27 +66,11 @@ def unpermute(y_perm: torch.Tensor, row_map: torch.Tensor, weights: torch.Tensor
     """
     if _library.use_kernel("unpermute", y_perm.device):
         return torch.ops.pesc.unpermute(y_perm, row_map, weights, residual)
-    return reference.unpermute(y_perm, row_map, weights, residual)
+    return _library.fallback("unpermute", (y_perm, row_map, weights, residual), reference.unpermute)
 
 
 def _register() -> None:
     lib = "pesc::"
-
-    @torch.library.register_fake(lib + "permute")
-    def _(x, indices, num_experts):
-        rows = indices.shape[0] * indices.shape[1]
-        return (x.new_empty((rows, x.shape[1])), indices.new_empty(indices.shape),
-                x.new_empty((num_experts + 1,), dtype=torch.int64))
-
-    @torch.library.register_fake(lib + "unpermute")
-    def _(y_perm, row_map, weights=None, residual=None):
-        return y_perm.new_empty((row_map.shape[0], y_perm.shape[1]))
-
-    @torch.library.register_fake(lib + "unpermute_backward")
-    def _(grad_y, row_map, weights, y_perm):
-        rows = row_map.shape[0] * row_map.shape[1]
-        grad_weights_shape = tuple(row_map.shape) if y_perm is not None else (0,)
-        return grad_y.new_empty((rows, grad_y.shape[1])), grad_y.new_empty(grad_weights_shape, dtype=torch.float32)
 
     def permute_setup(ctx, inputs, output):
         _x_perm, row_map, _offsets = output

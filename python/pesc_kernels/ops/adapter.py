@@ -1,8 +1,9 @@
-"""Grouped GEMMs on expert segments: grouped_mm and the fused PESC adapter (DESIGN.md 2.3).
+"""Grouped GEMMs on expert segments: grouped_mm and the fused PESC adapter.
 
-Registers fake implementations and autograd for ``torch.ops.pesc.{grouped_mm, adapter}``; their
-backward passes are ops too (``grouped_mm_backward``, ``adapter_backward``), so torch.compile sees
-opaque, shape-stable calls in both directions.
+See docs/design.md, "Grouped GEMMs". Registers autograd for ``torch.ops.pesc.{grouped_mm, adapter}``;
+their backward passes are ops too (``grouped_mm_backward``, ``adapter_backward``), so torch.compile
+sees opaque, shape-stable calls in both directions. Validation and the fake implementations live
+with the kernels (``csrc/adapter/ops.cpp``).
 
 ``torch.ops.pesc.adapter`` returns ``(y, h)``: ``h = x @ w_down`` is the ``[N, r]`` pre-activation
 (in x's dtype) that autograd saves for the backward, which therefore never recomputes the down
@@ -12,9 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from . import _library, reference
-
-ACTIVATIONS = tuple(reference.ACTIVATIONS)
+from .. import _library, reference
 
 
 def grouped_mm(x: torch.Tensor, w: torch.Tensor, expert_offsets: torch.Tensor) -> torch.Tensor:
@@ -33,7 +32,7 @@ def grouped_mm(x: torch.Tensor, w: torch.Tensor, expert_offsets: torch.Tensor) -
     """
     if _library.use_kernel("grouped_mm", x.device):
         return torch.ops.pesc.grouped_mm(x, w, expert_offsets)
-    return reference.grouped_mm(x, w, expert_offsets)
+    return _library.fallback("grouped_mm", (x, w, expert_offsets), reference.grouped_mm)
 
 
 def adapter(x: torch.Tensor, w_down: torch.Tensor, w_up: torch.Tensor, expert_offsets: torch.Tensor,
@@ -54,33 +53,11 @@ def adapter(x: torch.Tensor, w_down: torch.Tensor, w_up: torch.Tensor, expert_of
     """
     if _library.use_kernel("adapter", x.device):
         return torch.ops.pesc.adapter(x, w_down, w_up, expert_offsets, activation, scaling)[0]
-    return reference.adapter(x, w_down, w_up, expert_offsets, activation, scaling)
-
-
-def _empty_unless(needed: bool, like: torch.Tensor, shape) -> torch.Tensor:
-    """Shape of a backward output: the gradient's, or [0] when output_mask leaves it out."""
-    return like.new_empty(shape if needed else (0,))
+    return _library.fallback("adapter", (x, w_down, w_up, expert_offsets, activation, scaling), reference.adapter)
 
 
 def _register() -> None:
     lib = "pesc::"
-
-    @torch.library.register_fake(lib + "grouped_mm")
-    def _(x, w, expert_offsets):
-        return x.new_empty((x.shape[0], w.shape[2]))
-
-    @torch.library.register_fake(lib + "grouped_mm_backward")
-    def _(grad_y, x, w, expert_offsets, output_mask):
-        return _empty_unless(output_mask[0], x, x.shape), _empty_unless(output_mask[1], x, w.shape)
-
-    @torch.library.register_fake(lib + "adapter")
-    def _(x, w_down, w_up, expert_offsets, activation="gelu", scaling=1.0):
-        return x.new_empty((x.shape[0], w_up.shape[2])), x.new_empty((x.shape[0], w_down.shape[2]))
-
-    @torch.library.register_fake(lib + "adapter_backward")
-    def _(grad_y, x, w_down, w_up, expert_offsets, h, activation, scaling, output_mask):
-        return (_empty_unless(output_mask[0], x, x.shape), _empty_unless(output_mask[1], x, w_down.shape),
-                _empty_unless(output_mask[2], x, w_up.shape))
 
     def grouped_mm_setup(ctx, inputs, output):
         x, w, expert_offsets = inputs

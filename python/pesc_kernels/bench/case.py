@@ -1,4 +1,4 @@
-"""The benchmark case model and registry.
+"""The benchmark case model (a leaf: the family modules import it; :mod:`.registry` collects them).
 
 A :class:`Case` names an op (or layer) and a shape; ``build(device, dtype)`` returns a
 :class:`CaseRun` whose ``candidates`` map a label to a zero-argument callable doing one timed
@@ -23,7 +23,7 @@ class CaseRun:
 
 @dataclass
 class Case:
-    family: str  # matches benchmarks/bench_<family>.py
+    family: str  # the op family (gating, permute, adapter) or "layer"
     name: str  # e.g. "gating+balance fwd+bwd"
     shape: str  # e.g. "T=16384 E=8 k=2"
     build: Callable[[torch.device, torch.dtype], CaseRun] = field(repr=False)
@@ -33,21 +33,6 @@ class Case:
     @property
     def id(self) -> str:
         return f"{self.name} [{self.shape}]"
-
-
-_REGISTRY: list[Callable[[], list[Case]]] = []
-
-
-def register(factory: Callable[[], list[Case]]) -> Callable[[], list[Case]]:
-    _REGISTRY.append(factory)
-    return factory
-
-
-def cases_for(family: str | None = None, size: str = "full") -> list[Case]:
-    from . import adapter, gating, layer, permute  # noqa: F401  (modules register their case factories on import)
-
-    found = [case for factory in _REGISTRY for case in factory()]
-    return [c for c in found if (family is None or c.family == family) and size in c.sizes]
 
 
 def leaf(t: torch.Tensor) -> torch.Tensor:

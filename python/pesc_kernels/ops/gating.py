@@ -1,14 +1,15 @@
-"""Routing ops: top-k gating, the Switch load-balancing loss and the router z-loss (DESIGN.md 2.1).
+"""Routing ops: top-k gating, the Switch load-balancing loss and the router z-loss.
 
-Registers fake implementations and autograd for ``torch.ops.pesc.{topk_gating,
+See docs/design.md, "Routing". Registers autograd for ``torch.ops.pesc.{topk_gating,
 load_balancing_loss, router_z_loss}``; their backward passes are ops too (``*_backward``), so
-torch.compile sees opaque, shape-stable calls in both directions.
+torch.compile sees opaque, shape-stable calls in both directions. Validation and the fake
+(meta) implementations live with the kernels (``csrc/gating/ops.cpp``).
 """
 from __future__ import annotations
 
 import torch
 
-from . import _library, reference
+from .. import _library, reference
 
 
 def topk_gating(logits: torch.Tensor, k: int, normalize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
@@ -27,7 +28,7 @@ def topk_gating(logits: torch.Tensor, k: int, normalize: bool = True) -> tuple[t
     """
     if _library.use_kernel("topk_gating", logits.device):
         return torch.ops.pesc.topk_gating(logits, k, normalize)
-    return reference.topk_gating(logits, k, normalize)
+    return _library.fallback("topk_gating", (logits, k, normalize), reference.topk_gating)
 
 
 def load_balancing_loss(
@@ -46,7 +47,7 @@ def load_balancing_loss(
     """
     if _library.use_kernel("load_balancing_loss", logits.device):
         return torch.ops.pesc.load_balancing_loss(logits, indices, mask)
-    return reference.load_balancing_loss(logits, indices, mask)
+    return _library.fallback("load_balancing_loss", (logits, indices, mask), reference.load_balancing_loss)
 
 
 def router_z_loss(logits: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -58,36 +59,11 @@ def router_z_loss(logits: torch.Tensor, mask: torch.Tensor | None = None) -> tor
     """
     if _library.use_kernel("router_z_loss", logits.device):
         return torch.ops.pesc.router_z_loss(logits, mask)
-    return reference.router_z_loss(logits, mask)
+    return _library.fallback("router_z_loss", (logits, mask), reference.router_z_loss)
 
 
 def _register() -> None:
     lib = "pesc::"
-
-    @torch.library.register_fake(lib + "topk_gating")
-    def _(logits, k, normalize=True):
-        rows = logits.shape[0]
-        return (logits.new_empty((rows, k), dtype=torch.float32), logits.new_empty((rows, k), dtype=torch.int32))
-
-    @torch.library.register_fake(lib + "topk_gating_backward")
-    def _(grad_weights, logits, weights, indices, normalize):
-        return torch.empty_like(logits)
-
-    @torch.library.register_fake(lib + "load_balancing_loss")
-    def _(logits, indices, mask=None):
-        return logits.new_empty((), dtype=torch.float32)
-
-    @torch.library.register_fake(lib + "load_balancing_loss_backward")
-    def _(grad, logits, indices, mask):
-        return torch.empty_like(logits)
-
-    @torch.library.register_fake(lib + "router_z_loss")
-    def _(logits, mask=None):
-        return logits.new_empty((), dtype=torch.float32)
-
-    @torch.library.register_fake(lib + "router_z_loss_backward")
-    def _(grad, logits, mask):
-        return torch.empty_like(logits)
 
     def gating_setup(ctx, inputs, output):
         logits, _k, normalize = inputs

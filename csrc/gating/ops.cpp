@@ -1,0 +1,142 @@
+// Schemas, validation and output allocation of the routing ops (contract in ops.h), and their
+// registration as Meta kernels. The CPU and CUDA kernels register themselves in cpu.cpp/cuda.cpp.
+#include "gating/ops.h"
+
+#include <ATen/ATen.h>
+#include <c10/util/Exception.h>
+#include <torch/library.h>
+
+#include <limits>
+
+#include "core/checks.h"
+#include "gating/math.h"
+
+namespace pesc {
+namespace {
+
+void check_logits(const char* op, const at::Tensor& logits) {
+  check_dim(op, logits, 2, "logits", "[T, E]");
+  check_float_dtype(op, logits, "logits");
+  const c10::SymInt& E = logits.sym_size(1);
+  TORCH_CHECK_VALUE(E >= 1 && E <= kMaxExperts, op, ": logits.shape[1] (number of experts E) must be in [1, ",
+                    kMaxExperts, "], got ", E);
+}
+
+void check_routing_indices(const char* op, const at::Tensor& logits, const at::Tensor& indices) {
+  check_dim(op, indices, 2, "indices", "[T, k]");
+  check_dtype(op, indices, at::kInt, "indices");
+  check_same_device(op, indices, "indices", logits, "logits");
+  check_size(op, indices, 0, logits.sym_size(0), "indices", "the number of tokens T of logits");
+  const c10::SymInt& k = indices.sym_size(1);
+  TORCH_CHECK_VALUE(k >= 1 && k <= logits.sym_size(1), op,
+                    ": indices.shape[1] (k) must be in [1, E=", logits.sym_size(1), "], got ", k);
+}
+
+// [T, k] fp32 routing weights or their gradient, shaped like indices.
+void check_routing_weights(const char* op, const at::Tensor& t, const char* arg, const at::Tensor& logits,
+                           const at::Tensor& indices) {
+  check_dim(op, t, 2, arg, "[T, k]");
+  check_dtype(op, t, at::kFloat, arg);
+  check_same_device(op, t, arg, logits, "logits");
+  TORCH_CHECK_VALUE(t.sym_sizes() == indices.sym_sizes(), op, ": ", arg, " must have the shape of indices ",
+                    shape_string(indices), ", got ", shape_string(t));
+}
+
+void check_router_mask(const char* op, const at::Tensor& logits, const std::optional<at::Tensor>& mask) {
+  if (!mask.has_value()) return;
+  check_dim(op, *mask, 1, "mask", "[T]");
+  check_dtype(op, *mask, at::kBool, "mask");
+  check_same_device(op, *mask, "mask", logits, "logits");
+  check_size(op, *mask, 0, logits.sym_size(0), "mask", "the number of tokens T of logits");
+}
+
+void check_scalar_grad(const char* op, const at::Tensor& grad, const at::Tensor& logits) {
+  check_defined(op, grad, "grad");
+  TORCH_CHECK_VALUE(grad.sym_numel() == 1, op, ": grad must be a scalar, got shape ", shape_string(grad));
+  check_dtype(op, grad, at::kFloat, "grad");
+  check_same_device(op, grad, "grad", logits, "logits");
+}
+
+at::Tensor scalar_loss(const at::Tensor& logits) { return at::empty({}, logits.options().dtype(at::kFloat)); }
+at::Tensor grad_like(const at::Tensor& logits) { return at::empty_symint(logits.sym_sizes(), logits.options()); }
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> topk_gating_outputs(const at::Tensor& logits, int64_t k, bool normalize) {
+  const char* op = "pesc.topk_gating";
+  check_logits(op, logits);
+  const c10::SymInt& T = logits.sym_size(0);
+  const c10::SymInt& E = logits.sym_size(1);
+  TORCH_CHECK_VALUE(k >= 1 && E >= k, op, ": k must be in [1, E=", E, "], got k=", k);
+  TORCH_CHECK_VALUE(T * k <= std::numeric_limits<int32_t>::max(), op, ": T * k must fit in int32, got T=", T,
+                    ", k=", k);
+  return {at::empty_symint({T, k}, logits.options().dtype(at::kFloat)),
+          at::empty_symint({T, k}, logits.options().dtype(at::kInt))};
+}
+
+at::Tensor topk_gating_backward_outputs(const at::Tensor& grad_weights, const at::Tensor& logits,
+                                        const at::Tensor& weights, const at::Tensor& indices, bool normalize) {
+  const char* op = "pesc.topk_gating_backward";
+  check_logits(op, logits);
+  check_routing_indices(op, logits, indices);
+  check_routing_weights(op, grad_weights, "grad_weights", logits, indices);
+  check_routing_weights(op, weights, "weights", logits, indices);
+  return grad_like(logits);
+}
+
+at::Tensor load_balancing_loss_outputs(const at::Tensor& logits, const at::Tensor& indices,
+                                       const std::optional<at::Tensor>& mask) {
+  const char* op = "pesc.load_balancing_loss";
+  check_logits(op, logits);
+  check_routing_indices(op, logits, indices);
+  check_router_mask(op, logits, mask);
+  return scalar_loss(logits);
+}
+
+at::Tensor load_balancing_loss_backward_outputs(const at::Tensor& grad, const at::Tensor& logits,
+                                                const at::Tensor& indices, const std::optional<at::Tensor>& mask) {
+  const char* op = "pesc.load_balancing_loss_backward";
+  check_logits(op, logits);
+  check_routing_indices(op, logits, indices);
+  check_router_mask(op, logits, mask);
+  check_scalar_grad(op, grad, logits);
+  return grad_like(logits);
+}
+
+at::Tensor router_z_loss_outputs(const at::Tensor& logits, const std::optional<at::Tensor>& mask) {
+  const char* op = "pesc.router_z_loss";
+  check_logits(op, logits);
+  check_router_mask(op, logits, mask);
+  return scalar_loss(logits);
+}
+
+at::Tensor router_z_loss_backward_outputs(const at::Tensor& grad, const at::Tensor& logits,
+                                          const std::optional<at::Tensor>& mask) {
+  const char* op = "pesc.router_z_loss_backward";
+  check_logits(op, logits);
+  check_router_mask(op, logits, mask);
+  check_scalar_grad(op, grad, logits);
+  return grad_like(logits);
+}
+
+}  // namespace pesc
+
+TORCH_LIBRARY_FRAGMENT(pesc, m) {
+  m.def("topk_gating(Tensor logits, int k, bool normalize=True) -> (Tensor weights, Tensor indices)");
+  m.def(
+      "topk_gating_backward(Tensor grad_weights, Tensor logits, Tensor weights, Tensor indices, bool normalize)"
+      " -> Tensor");
+  m.def("load_balancing_loss(Tensor logits, Tensor indices, Tensor? mask=None) -> Tensor");
+  m.def("load_balancing_loss_backward(Tensor grad, Tensor logits, Tensor indices, Tensor? mask) -> Tensor");
+  m.def("router_z_loss(Tensor logits, Tensor? mask=None) -> Tensor");
+  m.def("router_z_loss_backward(Tensor grad, Tensor logits, Tensor? mask) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(pesc, Meta, m) {
+  m.impl("topk_gating", &pesc::topk_gating_outputs);
+  m.impl("topk_gating_backward", &pesc::topk_gating_backward_outputs);
+  m.impl("load_balancing_loss", &pesc::load_balancing_loss_outputs);
+  m.impl("load_balancing_loss_backward", &pesc::load_balancing_loss_backward_outputs);
+  m.impl("router_z_loss", &pesc::router_z_loss_outputs);
+  m.impl("router_z_loss_backward", &pesc::router_z_loss_backward_outputs);
+}
