@@ -190,7 +190,9 @@ setup(
     install_requires=["torch>=2.5", "numpy", "safetensors", "tqdm", "matplotlib"],
     extras_require={
         "hf": ["transformers>=4.45", "peft>=0.13", "accelerate"],
-        "test": ["pytest", "pytest-benchmark", "expecttest", "transformers>=4.45", "peft>=0.13", "accelerate"],
+        "qlora": ["transformers>=4.45", "peft>=0.13", "accelerate", "bitsandbytes>=0.50"],
+        "test": ["pytest", "pytest-benchmark", "expecttest", "transformers>=4.45", "peft>=0.13", "accelerate",
+                 "bitsandbytes>=0.50"],
     },
     zip_safe=False,
 )

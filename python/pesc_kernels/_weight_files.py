@@ -266,6 +266,15 @@ def write_index(directory: Path, weight_map: dict[str, str], total_size: int) ->
     (directory / SAFETENSORS_INDEX).write_text(json.dumps(index, indent=2) + "\n")
 
 
+def check_new_directory(destination: str | os.PathLike) -> Path:
+    """``destination`` as a Path; FileExistsError unless it is absent or an empty directory."""
+    destination = Path(destination)
+    if destination.exists() and (not destination.is_dir() or any(destination.iterdir())):
+        raise FileExistsError(f"{destination} already exists and is not an empty directory; "
+                              "choose a new output path or remove it first")
+    return destination
+
+
 @contextlib.contextmanager
 def atomic_directory(destination: str | os.PathLike):
     """Yield a temporary directory next to ``destination``; rename it to ``destination`` on success.
@@ -273,10 +282,7 @@ def atomic_directory(destination: str | os.PathLike):
     ``destination`` must not exist (an empty directory is replaced). On any error the temporary
     directory is removed, so a partial output never appears under the destination's name.
     """
-    destination = Path(destination)
-    if destination.exists() and (not destination.is_dir() or any(destination.iterdir())):
-        raise FileExistsError(f"{destination} already exists and is not an empty directory; "
-                              "choose a new output path or remove it first")
+    destination = check_new_directory(destination)
     destination.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.partial-", dir=destination.parent))
     try:

@@ -33,7 +33,8 @@ import torch
 from . import official
 from ._layout import CheckpointLayout, describe_checkpoint
 from ._official_keys import official_expert_key, official_router_key
-from ._weight_files import SafetensorsWriter, ShardReader, atomic_directory, shard_file_names, write_index
+from ._weight_files import (SafetensorsWriter, ShardReader, atomic_directory, check_new_directory, shard_file_names,
+                            write_index)
 
 TARGETS = ("pesc", *official.FLAVORS)
 
@@ -63,6 +64,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str, *, progress
     """Write the checkpoint at ``src`` to the new directory ``dst`` in layout ``to``; return ``dst``."""
     if to not in TARGETS:
         raise ValueError(f"convert: --to must be one of {', '.join(TARGETS)}; got {to!r}")
+    check_new_directory(dst)  # before any work
     layout = describe_checkpoint(src)
     flavor = None if to == "pesc" else official.flavor_named(to)
     canonical = _canonical_tensors(layout)

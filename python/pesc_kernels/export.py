@@ -29,7 +29,7 @@ from torch import nn
 
 from . import official
 from ._official_keys import PEFT_PREFIX, official_expert_key, official_router_key
-from ._weight_files import SafetensorsWriter, atomic_directory, shard_file_names, write_index
+from ._weight_files import SafetensorsWriter, atomic_directory, check_new_directory, shard_file_names, write_index
 from .checkpoint import CONFIG_NAME
 from .crafting import pesc_layers, unwrap_model
 
@@ -47,6 +47,7 @@ def save_official(model: nn.Module, out_dir: str | os.PathLike, flavor: str = "c
     checkpoint unmerged LoRA layers or quantised weights.
     """
     chosen = official.flavor_named(flavor)
+    check_new_directory(out_dir)
     hf = unwrap_model(model)
     layers = pesc_layers(hf)
     if not layers:
