@@ -13,19 +13,25 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pesc_kernels
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
-from transformers import LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM
-
-import pesc_kernels
+from _official_fixtures import (
+    BASE_OF,
+    BASES,
+    SIZES,
+    expert_key,
+    official_forward,
+    router_key,
+    write_moe_model_bin,
+    write_official,
+)
 from pesc_kernels import PESCConfig, craft, from_pretrained, load_pesc, save_official
 from pesc_kernels.__main__ import main as cli
 from pesc_kernels.convert import convert
 from pesc_kernels.crafting import pesc_layers
-
-from _official_fixtures import BASES, BASE_OF, SIZES, expert_key, official_forward, router_key, write_moe_model_bin, \
-    write_official
+from safetensors.torch import load_file, save_file
+from transformers import LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 README_MARKER = "<!-- README example: run by tests/test_official.py -->"

@@ -88,15 +88,18 @@ def official_adapters(shapes: dict[str, tuple[int, ...]], where: str) -> tuple[d
     for module, router in routers.items():
         router_shape = shapes[router]
         if len(router_shape) != 2:
-            raise ValueError(f"{where}: {router} has shape {list(router_shape)}; a router weight is [num_experts, hidden_size]")
+            raise ValueError(f"{where}: {router} has shape {list(router_shape)}; a router weight is "
+                             "[num_experts, hidden_size]")
         E, d = router_shape
         found = experts.get(module, {})
         missing = [f"{part} of expert {e}" for e in range(E) for part in ("down", "up") if (e, part) not in found]
         extra = sorted({e for e, _ in found if e >= E})
         if missing or extra:
             detail = f"missing {missing[:4]}{' ...' if len(missing) > 4 else ''}" if missing else ""
-            detail += ("; " if missing and extra else "") + (f"experts {extra} beyond the router's {E}" if extra else "")
-            raise ValueError(f"{where}: layer {module} has a router for {E} experts but its adapters do not match: {detail}")
+            if extra:
+                detail += ("; " if missing else "") + f"experts {extra} beyond the router's {E}"
+            raise ValueError(f"{where}: layer {module} has a router for {E} experts but its adapters do not match: "
+                             f"{detail}")
         r = shapes[found[(0, "down")]][0]
         for e in range(E):
             for part, want in (("down", (r, d)), ("up", (d, r))):
@@ -152,4 +155,5 @@ def check_adapters(layers: dict[str, LayerAdapters], modules: list[str], *, num_
                                 ("adapter rank (adapter_dim)", layer.adapter_dim, adapter_dim),
                                 ("hidden size", layer.hidden_size, hidden_size)):
             if got != want:
-                raise ValueError(f"{where}: layer {module} has {got} {what} in the checkpoint but the model needs {want}")
+                raise ValueError(f"{where}: layer {module} has {got} {what} in the checkpoint but the model "
+                                 f"needs {want}")

@@ -66,7 +66,8 @@ def find_weight_files(directory: str | os.PathLike) -> WeightFiles:
     directory = Path(directory)
     if not directory.is_dir():
         raise FileNotFoundError(f"{directory} is not a directory; expected a Hugging Face checkpoint directory")
-    for kind, single, index_name in (("safetensors", SAFETENSORS_NAME, SAFETENSORS_INDEX), ("bin", BIN_NAME, BIN_INDEX)):
+    layouts = (("safetensors", SAFETENSORS_NAME, SAFETENSORS_INDEX), ("bin", BIN_NAME, BIN_INDEX))
+    for kind, single, index_name in layouts:
         index = directory / index_name
         if index.is_file():
             try:

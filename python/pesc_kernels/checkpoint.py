@@ -27,8 +27,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ._version import __version__
 from ._official_keys import LayerAdapters, check_adapters, official_adapters, strip_peft_prefix
+from ._version import __version__
 from .config import PESCConfig
 from .crafting import craft, find_targets, hidden_size_of, pesc_layers, unwrap_model
 
@@ -96,7 +96,8 @@ def load_pesc(base_model: nn.Module, path: str | os.PathLike, config: PESCConfig
     for name in (CONFIG_NAME, WEIGHTS_NAME):
         if not (directory / name).is_file():
             raise FileNotFoundError(f"load_pesc: {directory / name} not found; expected a directory written by "
-                                    f"save_pesc ({CONFIG_NAME}, {WEIGHTS_NAME}) or an official {OFFICIAL_ADAPTERS_NAME}")
+                                    f"save_pesc ({CONFIG_NAME}, {WEIGHTS_NAME}) or an official "
+                                    f"{OFFICIAL_ADAPTERS_NAME}")
     saved = PESCConfig.from_json_file(directory / CONFIG_NAME)
     if config is not None and config.to_dict() != saved.to_dict():
         raise ValueError(f"load_pesc: config={config} differs from the checkpoint's {saved}")

@@ -33,8 +33,14 @@ import torch
 from . import official
 from ._layout import CheckpointLayout, describe_checkpoint
 from ._official_keys import official_expert_key, official_router_key
-from ._weight_files import (SafetensorsWriter, ShardReader, atomic_directory, check_new_directory, shard_file_names,
-                            write_index)
+from ._weight_files import (
+    SafetensorsWriter,
+    ShardReader,
+    atomic_directory,
+    check_new_directory,
+    shard_file_names,
+    write_index,
+)
 
 TARGETS = ("pesc", *official.FLAVORS)
 
@@ -151,12 +157,14 @@ def _canonical_tensors(layout: CheckpointLayout) -> list[_Canonical]:
         E, r, d = found.num_experts, found.adapter_dim, found.hidden_size
         dtype = layout.tensors[found.down[0]][1].dtype
         adapter_names.update(found.down + found.up + [found.router])
-        entries.append((order[found.router], _Canonical(f"{module}.router.weight", layout.tensors[found.router][1].dtype,
-                                                        (E, d), [found.router], read(found.router))))
+        router_dtype = layout.tensors[found.router][1].dtype
+        entries.append((order[found.router], _Canonical(f"{module}.router.weight", router_dtype, (E, d),
+                                                        [found.router], read(found.router))))
         for suffix, names, shape in (("w_down", found.down, (E, d, r)), ("w_up", found.up, (E, r, d))):
             def stack(fetch, names=names):  # nn.Linear weights are [out, in]; ours are input-major
                 return torch.stack([fetch(n).t() for n in names])
-            entries.append((max(order[n] for n in names), _Canonical(f"{module}.{suffix}", dtype, shape, list(names), stack)))
+            last = max(order[n] for n in names)
+            entries.append((last, _Canonical(f"{module}.{suffix}", dtype, shape, list(names), stack)))
     modules = set(layout.adapters)
     for name, (_, info) in layout.tensors.items():
         if name in adapter_names:

@@ -16,7 +16,9 @@ twice:
    (official ``adapter_down.weight [r, d]`` becomes ``w_down[e] [d, r]``, its transpose).
 
 The PESC parameters take the FFN's device and dtype; when the FFN is quantised (4-bit) they take
-the dtype of the input embeddings, i.e. the activations' dtype.
+the dtype of the input embeddings, i.e. the activations' dtype (bf16 in the paper's QLoRA recipe).
+4-bit layers on the CPU are checked against bitsandbytes' shape rule there
+(:func:`pesc_kernels.quantized.check_cpu_4bit_layout`).
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ from ._layout import CheckpointLayout, describe_checkpoint
 from ._weight_files import ShardReader
 from .checkpoint import match_training_mode
 from .crafting import craft, pesc_layers
+from .quantized import check_cpu_4bit_layout
 
 _RESERVED = ("config", "key_mapping")
 _CLASS_PATCH = threading.Lock()
@@ -71,6 +74,7 @@ def from_pretrained(path: str | os.PathLike, **hf_kwargs):
     if missing:
         raise RuntimeError(f"from_pretrained: {layout.directory} lacks base-model tensors, which would be left at "
                            f"their random initialisation: {missing[:6]}{' ...' if len(missing) > 6 else ''}")
+    check_cpu_4bit_layout(model)  # 4-bit inference on some CPUs would fail later, naming no layer
     craft(model, layout.pesc, hidden_size=layout.hidden_size)
     match_training_mode(model)
     _place_pesc_parameters(model)
