@@ -146,7 +146,7 @@ def _write_weights(directory: Path, tensors: dict[str, torch.Tensor], cuts: list
 
 
 def write_moe_model_bin(path, adapters, naming: str = "dict", prefix: str = "base_model.model."):
-    """What the official train_moe.py saves: every parameter named ``*adapter*``, peft-prefixed."""
+    """What the official training script saves: every parameter named ``*adapter*``, peft-prefixed."""
     state = {}
     for layer, (router, downs, ups) in adapters.items():
         state[prefix + router_key(layer)] = router

@@ -201,6 +201,20 @@ def test_official_to_ours_to_official_is_bitwise(tmp_path, flavor, model_type, n
     assert len(list((tmp_path / "saved").glob("*.safetensors"))) > 1
 
 
+def test_tied_embeddings_are_written_once_and_tied_back(tmp_path):
+    model = crafted_llama(tie_word_embeddings=True)
+    craft(model, PESCConfig.camelidae(num_experts=4, adapter_dim=8))
+    with torch.no_grad():
+        for parameter in pesc_kernels.pesc_parameters(model):
+            parameter.normal_(0, 0.2)
+    save_official(model.eval(), tmp_path / "tied", "camelidae")
+    names = set(all_tensors(tmp_path / "tied"))
+    assert "model.embed_tokens.weight" in names and "lm_head.weight" not in names
+    loaded = from_pretrained(tmp_path / "tied")
+    assert loaded.lm_head.weight.data_ptr() == loaded.model.embed_tokens.weight.data_ptr()
+    assert torch.equal(logits(loaded), logits(model))
+
+
 def test_a_sharded_fixture_splits_a_layers_experts(tmp_path):
     official = write_official(tmp_path / "src", flavor="camelidae", shards=3)
     index = json.loads((official.directory / "model.safetensors.index.json").read_text())["weight_map"]
@@ -209,7 +223,7 @@ def test_a_sharded_fixture_splits_a_layers_experts(tmp_path):
     assert any(len(files) > 1 for files in layer_shards)  # so the round trips above buffer a split layer
 
 
-def test_save_official_adapters_only_is_what_train_moe_saves(tmp_path):
+def test_save_official_adapters_only_is_what_the_training_script_saves(tmp_path):
     official = write_official(tmp_path / "src", flavor="sparsetral", naming="list")
     model = from_pretrained(official.directory)
     save_official(model, tmp_path / "moe", "sparsetral", adapters_only=True)
@@ -353,7 +367,7 @@ def test_from_pretrained_checkpoint_errors(tmp_path):
 def crafted_llama(**config):
     torch.manual_seed(0)
     config_cls, model_cls = BASES["llama"]
-    return model_cls(config_cls(**{**SIZES, **config}, tie_word_embeddings=False)).eval()
+    return model_cls(config_cls(**{**SIZES, "tie_word_embeddings": False, **config})).eval()
 
 
 def test_save_official_refuses_what_the_official_code_would_compute_differently(tmp_path):

@@ -1,6 +1,6 @@
 """The paper's QLoRA recipe on the CPU: NF4 base (bitsandbytes), LoRA on the projections, PESC routers
 and adapters in the compute dtype; training, saving, merging into the dequantised base as the official
-merge_moe_lora.py does, exporting with save_official; and bitsandbytes' CPU shape rule.
+official merge script does, exporting with save_official; and bitsandbytes' CPU shape rule.
 
 bitsandbytes is a test requirement (requirements-dev.txt), so nothing here is skipped without it.
 """
@@ -26,7 +26,7 @@ from transformers import BitsAndBytesConfig, LlamaConfig, LlamaForCausalLM
 
 ROOT = Path(__file__).resolve().parents[1]
 README_MARKER = "<!-- README example: run by tests/test_qlora.py -->"
-LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]  # as train_moe.py
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]  # as the official training script
 # Projection sizes that are multiples of 64, so the model is valid on every CPU (see pesc_kernels.quantized).
 SIZES = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
              vocab_size=128, max_position_embeddings=64, tie_word_embeddings=False)
@@ -154,10 +154,10 @@ def test_qlora_lora_pesc_train_save_merge_export(tmp_path, dense_dir, dtype, tol
     assert (trained - before).abs().max().item() > 20 * tolerance * scale  # training changed the model
 
     model.save_pretrained(tmp_path / "lora")  # peft: the LoRA weights only
-    save_official(model, tmp_path / "moe", "camelidae", adapters_only=True)  # moe_model.bin, as train_moe.py
+    save_official(model, tmp_path / "moe", "camelidae", adapters_only=True)  # moe_model.bin
     assert (tmp_path / "lora" / "adapter_config.json").is_file() and (tmp_path / "moe" / "moe_model.bin").is_file()
 
-    # Merge as merge_moe_lora.py: the base (here: dequantised NF4, the weights training saw), the PESC
+    # Merge as the official merge script does: the base (here: dequantised NF4, the weights training saw), the PESC
     # adapters, then the LoRA merged into the projections; export the official layout.
     base = LlamaForCausalLM.from_pretrained(dense_dir, quantization_config=nf4(dtype), device_map="cpu", dtype=dtype)
     base = base.dequantize()

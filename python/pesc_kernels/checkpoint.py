@@ -9,7 +9,7 @@ A checkpoint directory written by :func:`save_pesc` holds
   format, hidden size and base model type.
 
 :func:`load_pesc` also reads the official adapter file, ``moe_model.bin`` as the official
-``train_moe.py`` saves it (``[base_model.model.]M.moe_adapter.router.weight [E, d]`` and
+training script saves it (``[base_model.model.]M.moe_adapter.router.weight [E, d]`` and
 ``M.moe_adapter.experts.{expert_e | e}.adapter_{down [r, d] | up [d, r]}.weight``; see
 :mod:`pesc_kernels._official_keys`). That file has no config: top_k and the scaling come from
 ``config=``, from the model when it is already crafted, from a ``pesc_config.json`` beside the
@@ -200,8 +200,8 @@ def _load_official_adapters(base_model: nn.Module, file: Path, config: PESCConfi
     config = config or current or _official_config_beside(file) or _stored_config(hf)
     if config is None:
         raise ValueError(f"{where} stores no top_k or scaling: pass config= (e.g. PESCConfig.camelidae() for the "
-                         "released Camelidae models, PESCConfig.pesc_script() for train_moe.py's defaults), or "
-                         "craft the model first")
+                         "released Camelidae models, PESCConfig.pesc_script() for the official training script's "
+                         "defaults), or craft the model first")
     if crafted:
         hidden_size, modules = crafted[0][1].hidden_size, [name for name, _ in crafted]
     else:

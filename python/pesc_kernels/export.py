@@ -10,9 +10,9 @@ the model's dtype, so official -> ours -> official is bitwise. The official mode
 (``configuration_<flavor>.py``, ``modeling_<flavor>.py``, which ``auto_map`` names) are not
 written: copy them from the official repository to load the directory with ``trust_remote_code``.
 
-Adapters only (``adapters_only=True``): ``moe_model.bin``, the file the official ``train_moe.py``
+Adapters only (``adapters_only=True``): ``moe_model.bin``, the file the official training script
 saves (routers and experts, names prefixed with peft's ``base_model.model.``, loadable by the
-official ``merge_moe_lora.py``), plus our ``pesc_config.json`` so :func:`pesc_kernels.load_pesc`
+official merge script), plus our ``pesc_config.json`` so :func:`pesc_kernels.load_pesc`
 knows top_k and the scaling. The base model may then be quantised or carry LoRA layers.
 
 The output is written to a temporary directory next to ``out_dir`` and renamed when complete.
@@ -143,7 +143,7 @@ def write_safetensors_shards(directory: Path, entries: list[tuple[str, torch.Ten
 
 
 def _save_moe_weights(layers, naming: str, path: Path) -> None:
-    """``moe_model.bin``: what the official train_moe.py saves (peft-prefixed routers and experts)."""
+    """``moe_model.bin``: what the official training script saves (peft-prefixed routers and experts)."""
     state = {}
     for module, layer in layers:
         state[PEFT_PREFIX + official_router_key(module)] = layer.router.weight.detach().to("cpu").clone()
