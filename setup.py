@@ -196,8 +196,9 @@ setup(
         "hf": ["transformers>=4.45", "peft>=0.13", "accelerate"],
         "bench": ["tqdm", "matplotlib"],
         "examples": ["transformers>=4.45", "peft>=0.13", "accelerate", "tqdm", "matplotlib"],
+        "qlora": ["transformers>=4.45", "peft>=0.13", "accelerate", "bitsandbytes>=0.50"],
         "test": ["pytest", "pytest-benchmark", "expecttest", "transformers>=4.45", "peft>=0.13", "accelerate",
-                 "tqdm", "matplotlib"],
+                 "tqdm", "matplotlib", "bitsandbytes>=0.50"],
     },
     zip_safe=False,
 )

@@ -92,7 +92,7 @@ def parse_args(argv=None):
     g.add_argument("--device", default="auto", help="auto (this rank's GPU if any, else CPU), cpu, cuda, cuda:N")
     g.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto",
                    help="auto: bfloat16 on GPU, float32 on CPU")
-    g.add_argument("--load-in-4bit", action="store_true", help="NF4 base weights (bitsandbytes, GPU only)")
+    g.add_argument("--load-in-4bit", action="store_true", help="NF4 base weights (bitsandbytes; GPU or CPU)")
     g.add_argument("--fsdp", action="store_true", help="shard with FSDP2 instead of DDP (under torchrun)")
     g.add_argument("--eval-batch-size", type=int, default=64)
     g.add_argument("--max-new-tokens", type=int, help="default: longest held-out answer + 8 tokens")
@@ -136,6 +136,8 @@ def usage_error(args, device) -> str | None:
         return reason
     if args.load_in_4bit and args.fsdp:
         return "--fsdp cannot shard 4-bit (bitsandbytes) weights; use DDP (drop --fsdp)"
+    if args.load_in_4bit and "full" in (args.method, args.baseline):
+        return "--load-in-4bit freezes the base in NF4, so full fine-tuning cannot train it; use --method pesc or lora"
     if args.fsdp and int(os.environ.get("WORLD_SIZE", "1")) < 2:
         return "--fsdp needs several processes: launch with torchrun --nproc_per_node=N"
     if args.model and args.dense:

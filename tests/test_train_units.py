@@ -227,11 +227,21 @@ def test_checkpoint_info_missing(tmp_path):
         methods.checkpoint_info(tmp_path)
 
 
-def test_four_bit_is_refused_clearly_on_cpu(capsys):
-    assert "needs a CUDA GPU" in four_bit_unavailable_reason(torch.device("cpu"))
+def test_four_bit_refusals_are_clear(capsys, monkeypatch):
+    """4-bit runs on the CPU and GPUs (tests/test_qlora.py runs it); it is refused clearly elsewhere,
+    without bitsandbytes, and for full fine-tuning of the frozen NF4 base."""
+    assert four_bit_unavailable_reason(torch.device("cpu")) is None
+    assert "runs on a CUDA GPU or the CPU" in four_bit_unavailable_reason(torch.device("meta"))
     finetune = _load_example("finetune")
+    assert finetune.main(["--load-in-4bit", "--device", "cpu", "--method", "full"]) == 2
+    assert "full fine-tuning cannot train it" in capsys.readouterr().err
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "bitsandbytes" else real_find_spec(name, *a))
     assert finetune.main(["--load-in-4bit", "--device", "cpu"]) == 2
-    assert "4-bit base weights are not available" in capsys.readouterr().err
+    assert "pip install pesc_kernels[qlora]" in capsys.readouterr().err
 
 
 def _load_example(name):

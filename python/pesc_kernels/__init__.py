@@ -7,6 +7,8 @@ the frozen dense FFN and adds a small rank-r adapter, and a top-k router picks e
 - :mod:`pesc_kernels.reference`: pure-PyTorch versions of every op (oracle, baseline, fallback).
 - :class:`PESCConfig`, :class:`PESCMoE`, :func:`craft`, :func:`router_losses`,
   :func:`save_pesc` / :func:`load_pesc`: the model layer for Hugging Face causal LMs.
+- :func:`from_pretrained` / :func:`save_official`: official PESC checkpoints (Camelidae, Sparsetral,
+  Qwen2idae) in and out; ``python -m pesc_kernels convert`` converts directories.
 """
 from . import ops, reference
 from ._library import build_info
@@ -14,10 +16,12 @@ from ._version import __version__
 from .checkpoint import load_pesc, save_pesc
 from .config import PESCConfig
 from .crafting import craft, pesc_parameters, router_losses, trainable_parameter_summary
+from .export import save_official
 from .layer import PESCMoE
+from .pretrained import from_pretrained
 
 __all__ = [
     "ops", "reference", "build_info", "__version__",
     "PESCConfig", "PESCMoE", "craft", "trainable_parameter_summary", "router_losses", "pesc_parameters",
-    "save_pesc", "load_pesc",
+    "save_pesc", "load_pesc", "from_pretrained", "save_official",
 ]

@@ -1,4 +1,10 @@
-"""Command line: ``python -m pesc_kernels info`` prints what was built and which backend each op uses."""
+"""Command line.
+
+    python -m pesc_kernels info                      what was built and which backend each op uses
+    python -m pesc_kernels convert SRC DST --to X    rewrite a PESC checkpoint directory as X: pesc
+                                                     (ours), camelidae, sparsetral or qwen2idae
+                                                     (the official layouts); see pesc_kernels.convert
+"""
 from __future__ import annotations
 
 import argparse
@@ -50,9 +56,31 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pesc_kernels")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="print build information and the backend of each op")
+    from .convert import TARGETS
+
+    convert = sub.add_parser("convert", help="rewrite a PESC checkpoint directory in another layout, streaming "
+                             "one tensor at a time (the output appears under DST only when complete)")
+    convert.add_argument("src", metavar="SRC", help="checkpoint directory: pesc_kernels or official PESC")
+    convert.add_argument("dst", metavar="DST", help="new output directory (must not exist, or be empty)")
+    convert.add_argument("--to", required=True, choices=TARGETS, help="layout to write")
+    convert.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     if args.command == "info":
         print("\n".join(info_lines()))
+    elif args.command == "convert":
+        return run_convert(args)
+    return 0
+
+
+def run_convert(args) -> int:
+    from .convert import convert
+
+    try:
+        out = convert(args.src, args.dst, args.to, progress=not args.no_progress)
+    except (ValueError, FileNotFoundError, FileExistsError, ImportError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"wrote {out} ({args.to} layout)")
     return 0
 
 

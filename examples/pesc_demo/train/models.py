@@ -1,8 +1,10 @@
 """Device, dtype and base-model loading for the examples (optionally with 4-bit base weights).
 
 On CUDA the examples run in bf16 (weights and activations); on CPU in fp32. ``--load-in-4bit``
-quantises the frozen base weights to NF4 with bitsandbytes (QLoRA, as in the PESC paper); it needs
-a CUDA GPU and the bitsandbytes package and fails with a clear message otherwise.
+quantises the frozen base weights to NF4 with bitsandbytes (QLoRA, as in the PESC paper), on a CUDA
+GPU or on the CPU (bitsandbytes >= 0.50; the compute dtype is the run's dtype). It needs the
+bitsandbytes package and fails with a clear message without it, and on CPUs where bitsandbytes'
+inference path cannot pack a layer's shape (see :mod:`pesc_kernels.quantized`) it names the layer.
 """
 from __future__ import annotations
 
@@ -48,11 +50,12 @@ def default_dtype(device: torch.device) -> torch.dtype:
 
 def four_bit_unavailable_reason(device: torch.device) -> str | None:
     """Why 4-bit base weights cannot be used here, or None when they can."""
-    if device.type != "cuda":
-        return (f"--load-in-4bit needs a CUDA GPU (bitsandbytes 4-bit kernels); this run is on {device.type}, "
-                "where 4-bit base weights are not available. Run without --load-in-4bit.")
+    if device.type not in ("cuda", "cpu"):
+        return (f"--load-in-4bit runs on a CUDA GPU or the CPU (bitsandbytes 4-bit kernels); this run is on "
+                f"{device.type}. Run without --load-in-4bit.")
     if importlib.util.find_spec("bitsandbytes") is None:
-        return "--load-in-4bit needs the bitsandbytes package (pip install bitsandbytes), which is not installed."
+        return ("--load-in-4bit needs the bitsandbytes package, which is not installed: "
+                "pip install pesc_kernels[qlora] (or pip install bitsandbytes)")
     return None
 
 
@@ -66,8 +69,12 @@ def load_base(path, device: torch.device, dtype: torch.dtype, load_in_4bit: bool
             raise RuntimeError(reason)
         from transformers import BitsAndBytesConfig
 
+        from pesc_kernels.quantized import check_cpu_4bit_layout
+
         quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
                                           bnb_4bit_compute_dtype=dtype, bnb_4bit_use_double_quant=True)
-        return AutoModelForCausalLM.from_pretrained(path, quantization_config=quantization, dtype=dtype,
-                                                    device_map={"": device})
+        model = AutoModelForCausalLM.from_pretrained(path, quantization_config=quantization, dtype=dtype,
+                                                     device_map={"": device})
+        check_cpu_4bit_layout(model)  # evaluation would otherwise fail inside bitsandbytes on some CPUs
+        return model
     return AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
