@@ -92,6 +92,15 @@ def test_crafted_model_equals_dense_at_init(arch):
     assert model.config.pesc == PESCConfig.camelidae(adapter_dim=16).to_dict()
 
 
+def test_craft_keeps_the_mode_of_the_wrapped_ffn():
+    """New modules start in training mode; crafted layers take the FFN's, so an eval model gets no dropout."""
+    model = tiny_model().eval()
+    craft(model, PESCConfig(num_experts=4, top_k=2, adapter_dim=8, adapter_dropout=0.5))
+    layers = [m for m in model.modules() if isinstance(m, PESCMoE)]
+    assert layers and not any(layer.training for layer in layers)
+    assert all(layer.training for layer in craft(tiny_model().train(), SMALL).modules() if isinstance(layer, PESCMoE))
+
+
 def test_trainable_parameter_summary():
     model = craft(tiny_model(), SMALL)
     summary = pesc_kernels.trainable_parameter_summary(model)

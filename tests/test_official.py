@@ -31,7 +31,7 @@ from transformers import LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM
 import pesc_kernels
 from pesc_kernels import PESCConfig, craft, from_pretrained, load_pesc, save_official
 from pesc_kernels.__main__ import main as cli
-from pesc_kernels.convert import convert
+from pesc_kernels.checkpoints.convert import convert
 from pesc_kernels.crafting import pesc_layers
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -435,7 +435,7 @@ def test_convert_progress_bar(tmp_path, capsys):
 
 
 def test_convert_failure_leaves_no_output(tmp_path, monkeypatch):
-    from pesc_kernels import _weight_files
+    from pesc_kernels.checkpoints import weight_files as _weight_files
 
     official = write_official(tmp_path / "src", flavor="camelidae", shards=3)
     real_write, calls = _weight_files.SafetensorsWriter.write, []

@@ -13,12 +13,10 @@ the frozen dense FFN and adds a small rank-r adapter, and a top-k router picks e
 from . import ops, reference
 from ._library import build_info
 from ._version import __version__
-from .checkpoint import load_pesc, save_pesc
+from .checkpoints import from_pretrained, load_pesc, save_official, save_pesc
 from .config import PESCConfig
 from .crafting import craft, pesc_parameters, router_losses, trainable_parameter_summary
-from .export import save_official
 from .layer import PESCMoE
-from .pretrained import from_pretrained
 
 __all__ = [
     "ops", "reference", "build_info", "__version__",

@@ -3,7 +3,7 @@
     python -m pesc_kernels info                      what was built and which backend each op uses
     python -m pesc_kernels convert SRC DST --to X    rewrite a PESC checkpoint directory as X: pesc
                                                      (ours), camelidae, sparsetral or qwen2idae
-                                                     (the official layouts); see pesc_kernels.convert
+                                                     (the official layouts); see pesc_kernels.checkpoints.convert
 """
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pesc_kernels")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="print build information and the backend of each op")
-    from .convert import TARGETS
+    from .checkpoints.convert import TARGETS
 
     convert = sub.add_parser("convert", help="rewrite a PESC checkpoint directory in another layout, streaming "
                              "one tensor at a time (the output appears under DST only when complete)")
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_convert(args) -> int:
-    from .convert import convert
+    from .checkpoints.convert import convert
 
     try:
         out = convert(args.src, args.dst, args.to, progress=not args.no_progress)

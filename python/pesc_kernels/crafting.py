@@ -131,7 +131,9 @@ def craft(model: nn.Module, config: PESCConfig | None = None, *, hidden_size: in
     for name in targets:
         parent_name, _, attr = name.rpartition(".")
         parent = hf.get_submodule(parent_name) if parent_name else hf
-        setattr(parent, attr, PESCMoE(getattr(parent, attr), d, config, freeze_ffn=False))
+        ffn = getattr(parent, attr)
+        # A new module starts in training mode; take the FFN's, so an eval model gets no adapter dropout.
+        setattr(parent, attr, PESCMoE(ffn, d, config, freeze_ffn=False).train(ffn.training))
     if getattr(hf, "config", None) is not None:
         hf.config.pesc = config.to_dict()
     _install_forward(hf)

@@ -3,12 +3,12 @@
     python -m pesc_kernels convert SRC DST --to pesc|camelidae|sparsetral|qwen2idae
 
 SRC is a pesc_kernels checkpoint (``save_pretrained`` of a crafted model) or an official one
-(:mod:`pesc_kernels.official`); ``--to pesc`` writes ours, the others the official layout of that
+(:mod:`pesc_kernels.checkpoints.official`); ``--to pesc`` writes ours, the others the official layout of that
 flavor (the same files :func:`pesc_kernels.save_official` writes). Tensors keep their dtype and
 bits: official -> pesc -> official gives the original tensors back.
 
 Memory: the model is never built. Each output tensor is read from its source shard, converted
-and written at once (:mod:`pesc_kernels._weight_files`); the only tensors held longer are one
+and written at once (:mod:`pesc_kernels.checkpoints.weight_files`); the only tensors held longer are one
 layer's expert adapters when a layer's experts span two source shards (official -> pesc stacks
 them into ``w_down [E, d, r]``, ``w_up [E, r, d]``). Peak memory is therefore about the largest
 tensor plus a layer's adapters, for .bin sources the current shard (it is memory-mapped). Output
@@ -31,9 +31,9 @@ from typing import Callable
 import torch
 
 from . import official
-from ._layout import CheckpointLayout, describe_checkpoint
-from ._official_keys import official_expert_key, official_router_key
-from ._weight_files import (
+from .layout import CheckpointLayout, describe_checkpoint
+from .official_keys import official_expert_key, official_router_key
+from .weight_files import (
     SafetensorsWriter,
     ShardReader,
     atomic_directory,

@@ -4,7 +4,7 @@
 
 The directory is either written by ``save_pretrained`` of a crafted model (or by ``python -m
 pesc_kernels convert --to pesc``) or an official Camelidae / Sparsetral / Qwen2idae checkpoint
-(see :mod:`pesc_kernels.official`); no remote code runs. The steps, which never hold the weights
+(see :mod:`pesc_kernels.checkpoints.official`); no remote code runs. The steps, which never hold the weights
 twice:
 
 1. read config.json and the tensor headers, build the stock config (LlamaConfig, MistralConfig,
@@ -29,11 +29,10 @@ import threading
 
 import torch
 
-from ._layout import CheckpointLayout, describe_checkpoint
-from ._weight_files import ShardReader
-from .checkpoint import match_training_mode
-from .crafting import craft, pesc_layers
-from .quantized import check_cpu_4bit_layout
+from ..crafting import craft, pesc_layers
+from ..quantized import check_cpu_4bit_layout
+from .layout import CheckpointLayout, describe_checkpoint
+from .weight_files import ShardReader
 
 _RESERVED = ("config", "key_mapping")
 _CLASS_PATCH = threading.Lock()
@@ -76,7 +75,6 @@ def from_pretrained(path: str | os.PathLike, **hf_kwargs):
                            f"their random initialisation: {missing[:6]}{' ...' if len(missing) > 6 else ''}")
     check_cpu_4bit_layout(model)  # 4-bit inference on some CPUs would fail later, naming no layer
     craft(model, layout.pesc, hidden_size=layout.hidden_size)
-    match_training_mode(model)
     _place_pesc_parameters(model)
     copy_adapters(model, layout)
     return (model, info) if want_info else model

@@ -1,10 +1,10 @@
 """What a PESC checkpoint directory holds, read from its config and tensor headers (no weights).
 
-Two layouts are recognised (see :mod:`pesc_kernels._official_keys` for the tensor names):
+Two layouts are recognised (see :mod:`pesc_kernels.checkpoints.official_keys` for the tensor names):
 
 - ``pesc``: written by ``save_pretrained`` of a crafted model (or ``convert --to pesc``): a stock
   config with the PESCConfig under ``"pesc"``, the FFNs under ``M.ffn.*`` and the stacked adapters;
-- an official flavor (:mod:`pesc_kernels.official`): the official config fields and tensor names.
+- an official flavor (:mod:`pesc_kernels.checkpoints.official`): the official config fields and tensor names.
 
 :func:`describe_checkpoint` returns the stock transformers config, the PESCConfig, every tensor's
 shard, dtype and shape, and the adapters per crafted FFN, after checking them against the FFNs a
@@ -20,12 +20,12 @@ from pathlib import Path
 
 import torch
 
+from .._optional import require
+from ..config import PESCConfig
+from ..crafting import find_targets, hidden_size_of
 from . import official
-from ._official_keys import LayerAdapters, check_adapters, official_adapters, our_adapters
-from ._optional import require
-from ._weight_files import TensorInfo, WeightFiles, find_weight_files, tensor_infos
-from .config import PESCConfig
-from .crafting import find_targets, hidden_size_of
+from .official_keys import LayerAdapters, check_adapters, official_adapters, our_adapters
+from .weight_files import TensorInfo, WeightFiles, find_weight_files, tensor_infos
 
 
 @dataclass

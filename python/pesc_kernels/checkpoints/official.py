@@ -25,8 +25,8 @@ Sparsetral's ``router_aux_loss_coef``) into ``aux_loss_coef``, which weights our
 only if the model is trained further. Inference is unaffected either way.
 
 This module only translates configs (plain dicts, as in ``config.json``); the tensor names are in
-:mod:`pesc_kernels._official_keys`, loading in :mod:`pesc_kernels.pretrained`, writing in
-:mod:`pesc_kernels.export`. See docs/design.md.
+:mod:`pesc_kernels.checkpoints.official_keys`, loading in :mod:`pesc_kernels.checkpoints.pretrained`, writing in
+:mod:`pesc_kernels.checkpoints.export`. See docs/design.md.
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ import math
 import warnings
 from dataclasses import dataclass
 
-from .config import MAX_ADAPTER_DIM, MAX_EXPERTS, PESCConfig
+from ..config import MAX_ADAPTER_DIM, MAX_EXPERTS, PESCConfig
 
 OFFICIAL_FIELDS = ("num_experts", "topk", "adapter_dim", "moe_scaling")
 CAMELIDAE_AUX_LOSS_COEF = 0.01  # hard-coded in the Camelidae and Qwen2idae forwards

@@ -11,7 +11,7 @@ A checkpoint directory written by :func:`save_pesc` holds
 :func:`load_pesc` also reads the official adapter file, ``moe_model.bin`` as the official
 training script saves it (``[base_model.model.]M.moe_adapter.router.weight [E, d]`` and
 ``M.moe_adapter.experts.{expert_e | e}.adapter_{down [r, d] | up [d, r]}.weight``; see
-:mod:`pesc_kernels._official_keys`). That file has no config: top_k and the scaling come from
+:mod:`pesc_kernels.checkpoints.official_keys`). That file has no config: top_k and the scaling come from
 ``config=``, from the model when it is already crafted, from a ``pesc_config.json`` beside the
 file (:func:`pesc_kernels.save_official` writes one) or from an official ``config.json`` beside it.
 
@@ -27,10 +27,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ._official_keys import LayerAdapters, check_adapters, official_adapters, strip_peft_prefix
-from ._version import __version__
-from .config import PESCConfig
-from .crafting import craft, find_targets, hidden_size_of, pesc_layers, unwrap_model
+from .._version import __version__
+from ..config import PESCConfig
+from ..crafting import craft, find_targets, hidden_size_of, pesc_layers, unwrap_model
+from .official_keys import LayerAdapters, check_adapters, official_adapters, strip_peft_prefix
 
 CONFIG_NAME = "pesc_config.json"
 WEIGHTS_NAME = "pesc_adapters.safetensors"
@@ -141,7 +141,6 @@ def load_pesc(base_model: nn.Module, path: str | os.PathLike, config: PESCConfig
                                  f"adapter_dim={config.adapter_dim})")
         if not crafted:
             craft(base_model, config, hidden_size=hidden_size)
-            match_training_mode(base_model)
         with torch.no_grad():
             for name, layer in pesc_layers(hf):
                 for suffix, param in _layer_tensors(layer).items():
@@ -211,7 +210,6 @@ def _load_official_adapters(base_model: nn.Module, file: Path, config: PESCConfi
                    hidden_size=hidden_size, where=where)
     if not crafted:
         craft(base_model, config, hidden_size=hidden_size)
-        match_training_mode(base_model)
     with torch.no_grad():
         for name, layer in pesc_layers(hf):
             found: LayerAdapters = layers[name]
@@ -220,14 +218,6 @@ def _load_official_adapters(base_model: nn.Module, file: Path, config: PESCConfi
                 layer.w_down[e].copy_(tensors[found.down[e]].t())
                 layer.w_up[e].copy_(tensors[found.up[e]].t())
     return base_model
-
-
-def match_training_mode(model: nn.Module) -> None:
-    """Put freshly crafted PESC layers in the model's mode: new modules start in training mode, which
-    would switch adapter dropout on inside a model loaded for inference (in eval mode)."""
-    hf = unwrap_model(model)
-    for _, layer in pesc_layers(hf):
-        layer.train(hf.training)
 
 
 def _stored_config(hf: nn.Module) -> PESCConfig | None:

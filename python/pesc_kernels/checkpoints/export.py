@@ -1,11 +1,11 @@
 """save_official(): write a crafted model in the official PESC layout (Camelidae, Sparsetral, Qwen2idae).
 
 Full checkpoint (``adapters_only=False``): ``config.json`` with the official ``model_type``,
-``auto_map`` and MoE fields (:func:`pesc_kernels.official.official_config`), ``generation_config.json``
+``auto_map`` and MoE fields (:func:`pesc_kernels.checkpoints.official.official_config`), ``generation_config.json``
 when the model has one, and the weights as safetensors (sharded past ``max_shard_size``, with
 ``model.safetensors.index.json``) under the official names: the FFN at ``M.{gate,up,down}_proj``,
 ``M.moe_adapter.router.weight [E, d]`` and per expert ``adapter_down.weight = w_down[e].T [r, d]``,
-``adapter_up.weight = w_up[e].T [d, r]`` (see :mod:`pesc_kernels._official_keys`). Every tensor keeps
+``adapter_up.weight = w_up[e].T [d, r]`` (see :mod:`pesc_kernels.checkpoints.official_keys`). Every tensor keeps
 the model's dtype, so official -> ours -> official is bitwise. The official modeling files
 (``configuration_<flavor>.py``, ``modeling_<flavor>.py``, which ``auto_map`` names) are not
 written: copy them from the official repository to load the directory with ``trust_remote_code``.
@@ -27,11 +27,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..crafting import pesc_layers, unwrap_model
 from . import official
-from ._official_keys import PEFT_PREFIX, official_expert_key, official_router_key
-from ._weight_files import SafetensorsWriter, atomic_directory, check_new_directory, shard_file_names, write_index
-from .checkpoint import CONFIG_NAME
-from .crafting import pesc_layers, unwrap_model
+from .adapters import CONFIG_NAME
+from .official_keys import PEFT_PREFIX, official_expert_key, official_router_key
+from .weight_files import SafetensorsWriter, atomic_directory, check_new_directory, shard_file_names, write_index
 
 MOE_WEIGHTS_NAME = "moe_model.bin"
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)I?B?\s*$", re.IGNORECASE)
@@ -43,7 +43,7 @@ def save_official(model: nn.Module, out_dir: str | os.PathLike, flavor: str = "c
 
     Raises ValueError (before writing anything) when the model cannot be expressed in that layout:
     not crafted, PESC layers outside ``model.layers.N.mlp``, a setting their code does not compute
-    (activation, RoPE, biases; see :func:`pesc_kernels.official.official_config`), or for a full
+    (activation, RoPE, biases; see :func:`pesc_kernels.checkpoints.official.official_config`), or for a full
     checkpoint unmerged LoRA layers or quantised weights.
     """
     chosen = official.flavor_named(flavor)
