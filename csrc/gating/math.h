@@ -11,9 +11,10 @@
 //
 // Lanes. The per-element formulas are templates over a lane type F: float (the CUDA kernels, one
 // token per thread group) or, in the CPU kernels, a SIMD vector of floats holding one token per
-// lane (gating/cpu_simd.h). A vector lane evaluates exactly the scalar expression; LaneMath<F>
-// supplies what differs per lane type: exp and log (expf/logf for float; ATen's vectorised
-// versions, within 1 ulp of them, for vectors), the float's bits, and a lane-wise select.
+// lane (gating/cpu_kernels_impl.h). A vector lane evaluates exactly the scalar expression;
+// LaneMath<F> supplies what differs per lane type: exp and log (expf/logf for float; ATen's
+// vectorised exp_u20, within 20 ulp of expf, and Sleef's 1-ulp log for vectors), the float's bits,
+// and a lane-wise select.
 #pragma once
 
 #include <cstdint>

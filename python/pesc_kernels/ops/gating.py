@@ -71,9 +71,10 @@ def topk_gating_with_balancing_loss(
     """:func:`topk_gating` and :func:`load_balancing_loss` of its selection, in one pass over the logits.
 
     Equal to ``weights, indices = topk_gating(logits, k, normalize)`` followed by
-    ``load_balancing_loss(logits, indices, mask)`` (the same values; the same gradients, which the
-    backward adds in float32 before rounding once to ``logits``' dtype), at about the cost of
-    :func:`topk_gating` alone: the softmax is computed once for both, forward and backward.
+    ``load_balancing_loss(logits, indices, mask)``: the same values and the same gradient (the sum
+    of the two ops' gradients; on CPU added in float32 and rounded once to ``logits``' dtype, so
+    float32 gives the same bits as the two ops). On CPU the softmax is computed once for both, in
+    one pass forward and one backward; on CUDA the op runs the two ops' kernels.
 
     Returns:
         ``weights [T, k]`` float32, ``indices [T, k]`` int32 and the 0-dim float32 balancing loss.
