@@ -233,6 +233,25 @@ def test_fused_gating_with_balancing_loss_equals_the_two_ops(T, E, dtype, device
                     torch.testing.assert_close(grad.float(), grad2.float(), rtol=0, atol=atol, msg=case)
 
 
+@pytest.mark.parametrize("used", ["weights", "loss"])
+def test_fused_gating_with_one_output_used_has_that_ops_gradient(used, device):
+    """An unused output's gradient is skipped (not computed as zero), so the backward is the one op's."""
+    for dtype in FLOAT_DTYPES:
+        logits = make_logits(300, 16, dtype, device, seed=4)
+        mask = (torch.arange(300, device=device) % 4) != 1
+        grads = []
+        for fused in (True, False):
+            x = logits.clone().requires_grad_(True)
+            if fused:
+                w, _, loss = ops.topk_gating_with_balancing_loss(x, 4, True, mask)
+            else:
+                w, i = ops.topk_gating(x, 4)
+                loss = ops.load_balancing_loss(x, i, mask)
+            (w.sum() if used == "weights" else loss).backward()
+            grads.append(x.grad)
+        assert torch.equal(grads[0], grads[1]), (used, dtype)
+
+
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
 def test_fused_gating_with_balancing_loss_matches_reference(dtype, device):
     for T, E, k in ((4097, 8, 2), (513, 64, 4), (37, 12, 3), (1, 5, 5)):

@@ -73,8 +73,9 @@ def topk_gating_with_balancing_loss(
     Equal to ``weights, indices = topk_gating(logits, k, normalize)`` followed by
     ``load_balancing_loss(logits, indices, mask)``: the same values and the same gradient (the sum
     of the two ops' gradients; on CPU added in float32 and rounded once to ``logits``' dtype, so
-    float32 gives the same bits as the two ops). On CPU the softmax is computed once for both, in
-    one pass forward and one backward; on CUDA the op runs the two ops' kernels.
+    float32 gives the same bits as the two ops; when only one output is used, the backward is that
+    op's own). On CPU the softmax is computed once for both, in one pass forward and one backward;
+    on CUDA the op runs the two ops' kernels.
 
     Returns:
         ``weights [T, k]`` float32, ``indices [T, k]`` int32 and the 0-dim float32 balancing loss.
@@ -128,11 +129,19 @@ def _register() -> None:
         weights, indices, _loss, routed_counts = output
         ctx.save_for_backward(logits, weights, indices, routed_counts, mask)
         ctx.normalize = normalize
+        ctx.set_materialize_grads(False)  # an unused output's gradient is None: its part is skipped
 
     def fused_backward(ctx, grad_weights, _grad_indices, grad_loss, _grad_counts):
         logits, weights, indices, routed_counts, mask = ctx.saved_tensors
-        grad = torch.ops.pesc.topk_gating_with_balancing_loss_backward(
-            grad_weights, grad_loss, logits, weights, indices, routed_counts, mask, ctx.normalize)
+        if grad_loss is None and grad_weights is None:
+            grad = None
+        elif grad_loss is None:
+            grad = torch.ops.pesc.topk_gating_backward(grad_weights, logits, weights, indices, ctx.normalize)
+        elif grad_weights is None:
+            grad = torch.ops.pesc.load_balancing_loss_backward(grad_loss, logits, indices, mask)
+        else:
+            grad = torch.ops.pesc.topk_gating_with_balancing_loss_backward(
+                grad_weights, grad_loss, logits, weights, indices, routed_counts, mask, ctx.normalize)
         return grad, None, None, None
 
     torch.library.register_autograd(lib + "topk_gating_with_balancing_loss", fused_backward,
