@@ -114,11 +114,29 @@ def _z_backward_samples(device, dtype):
     return [(torch.tensor(0.5, device=device), logits.detach(), m) for m in (None, mask)]
 
 
+def _fused_gating_samples(device, dtype):
+    logits, _, mask = _router_inputs(37, 12, 3, dtype, device)
+    return [(logits, 3, True, mask), (logits, 3, False, None), (logits[:1], 12, True, mask[:1]),
+            (logits[:0], 1, True, None), (logits, 3, True, torch.zeros_like(mask))]
+
+
+def _fused_gating_backward_samples(device, dtype):
+    samples = []
+    for T, E, k, normalize, masked in ((37, 12, 3, True, True), (37, 12, 3, False, False), (5, 1, 1, True, True)):
+        logits, _, mask = _router_inputs(T, E, k, dtype, device, seed=E)
+        m = mask if masked else None
+        weights, indices, _, counts = torch.ops.pesc.topk_gating_with_balancing_loss(logits.detach(), k, normalize, m)
+        grad_loss = torch.tensor(1.5, device=device)
+        samples.append((torch.randn_like(weights), grad_loss, logits.detach(), weights, indices, counts, m, normalize))
+    return samples
+
+
 def _router_bad_inputs(device):
     logits = torch.randn(5, 8, device=device)
     idx = torch.zeros(5, 2, dtype=torch.int32, device=device)
     bad_ids = idx.clone()
     bad_ids[3, 1] = 8
+    counts = torch.zeros(9, dtype=torch.int32, device=device)
     return {
         "topk_gating": [
             BadInput((logits[0], 2, True), ValueError, r"pesc.topk_gating: logits must be a 2-D tensor"),
@@ -160,6 +178,33 @@ def _router_bad_inputs(device):
         "router_z_loss_backward": [
             BadInput((torch.tensor(1.0, device=device), logits[0], None), ValueError,
                      r"pesc.router_z_loss_backward: logits must be a 2-D tensor"),
+        ],
+        "topk_gating_with_balancing_loss": [
+            BadInput((logits[0], 2, True, None), ValueError,
+                     r"pesc.topk_gating_with_balancing_loss: logits must be a 2-D tensor"),
+            BadInput((logits.long(), 2, True, None), TypeError, "logits must be float32, float16 or bfloat16"),
+            BadInput((logits, 0, True, None), ValueError, r"k must be in \[1, E=8\], got k=0"),
+            BadInput((logits, 9, True, None), ValueError, r"k must be in \[1, E=8\], got k=9"),
+            BadInput((logits, 2, True, torch.ones(4, dtype=torch.bool, device=device)), ValueError,
+                     r"mask.shape\[0\] must equal the number of tokens T"),
+            BadInput((logits, 2, True, torch.ones(5, device=device)), TypeError, "mask must be Bool"),
+        ],
+        "topk_gating_with_balancing_loss_backward": [
+            BadInput((torch.zeros(5, 2, device=device), torch.ones(2, device=device), logits,
+                      torch.zeros(5, 2, device=device), idx, counts, None, True), ValueError,
+                     r"pesc.topk_gating_with_balancing_loss_backward: grad_loss must be a scalar"),
+            BadInput((torch.zeros(5, 3, device=device), torch.tensor(1.0, device=device), logits,
+                      torch.zeros(5, 2, device=device), idx, counts, None, True), ValueError,
+                     r"grad_weights must have the shape of indices"),
+            BadInput((torch.zeros(5, 2, device=device), torch.tensor(1.0, device=device), logits,
+                      torch.zeros(5, 2, device=device), idx, counts[:8], None, True), ValueError,
+                     r"routed_counts.shape\[0\] must equal the number of experts E of logits plus 1"),
+            BadInput((torch.zeros(5, 2, device=device), torch.tensor(1.0, device=device), logits,
+                      torch.zeros(5, 2, device=device), idx, counts.long(), None, True), TypeError,
+                     "routed_counts must be Int"),
+            BadInput((torch.zeros(5, 2, device=device), torch.tensor(1.0, device=device), logits,
+                      torch.zeros(5, 2, device=device), bad_ids, counts, None, True), IndexError,
+                     r"indices holds expert id 8 at \[3, 1\]", reads_data=True),
         ],
     }
 
@@ -372,6 +417,11 @@ def _large_topk_gating(device, dtype):
     return (_large_router(device, dtype)[0], 4, True)
 
 
+def _large_fused_gating(device, dtype):
+    logits, _, mask = _large_router(device, dtype)
+    return (logits, 4, True, mask)
+
+
 def _large_z_loss(device, dtype):
     logits, _, mask = _large_router(device, dtype)
     return (logits, mask)
@@ -398,6 +448,12 @@ OP_DB = [
            large_sample=_large_z_loss),
     OpInfo("router_z_loss_backward", _z_backward_samples, _bad(_router_bad_inputs, "router_z_loss_backward"),
            thread_invariant=True),
+    OpInfo("topk_gating_with_balancing_loss", _fused_gating_samples,
+           _bad(_router_bad_inputs, "topk_gating_with_balancing_loss"), public=ops.topk_gating_with_balancing_loss,
+           reference=reference.topk_gating_with_balancing_loss, thread_invariant=True,
+           large_sample=_large_fused_gating),
+    OpInfo("topk_gating_with_balancing_loss_backward", _fused_gating_backward_samples,
+           _bad(_router_bad_inputs, "topk_gating_with_balancing_loss_backward"), thread_invariant=True),
     OpInfo("permute", _permute_samples, _bad(_permute_bad_inputs, "permute"), public=ops.permute,
            reference=reference.permute, thread_invariant=True, large_sample=_large_permute),
     OpInfo("unpermute", _unpermute_samples, _bad(_permute_bad_inputs, "unpermute"), public=ops.unpermute,

@@ -237,6 +237,33 @@ def test_gradient_checkpointing_keeps_router_gradients():
     assert all(layer.router.weight.grad.abs().sum() > 0 for _, layer in pesc_layers(model))
 
 
+def test_router_losses_reuse_the_layers_balancing_loss_and_checkpointing_keeps_it_exact():
+    """In training each layer computes its balancing loss with the routing, from the padding mask of
+    the step; activation checkpointing recomputes the layers with the same mask, so the gradients
+    are those of the run without checkpointing."""
+    config = PESCConfig(num_experts=4, top_k=2, adapter_dim=8, aux_loss_coef=0.5)
+    runs = []
+    for checkpointing in (False, True):
+        model = randomize_adapters(craft(tiny_model(), config)).train()
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        inputs = batch()
+        out = model(**inputs)
+        layers = [layer for _, layer in pesc_layers(model)]
+        assert all(layer.balancing_loss is not None for layer in layers)
+        recomputed = sum(pesc_kernels.ops.load_balancing_loss(layer.router_logits, layer.expert_indices,
+                                                              layer.token_mask) for layer in layers)
+        assert torch.equal(out.aux_loss, recomputed)
+        aux, _ = reference_router_losses(model, inputs["attention_mask"])
+        torch.testing.assert_close(out.aux_loss, aux.float(), rtol=1e-5, atol=1e-6)
+        out.loss.backward()
+        runs.append((out.loss.detach(), [layer.router.weight.grad for layer in layers]))
+    (loss, grads), (loss_ckpt, grads_ckpt) = runs
+    torch.testing.assert_close(loss, loss_ckpt)
+    for a, b in zip(grads, grads_ckpt, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
 def test_reentrant_checkpointing_warns_that_routers_get_no_loss_gradient():
     model = craft(tiny_model(), SMALL).train()
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})

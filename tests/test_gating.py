@@ -1,15 +1,24 @@
-"""Routing ops (topk_gating, load_balancing_loss, router_z_loss) against the reference, on every device.
+"""Routing ops (topk_gating, load_balancing_loss, router_z_loss, topk_gating_with_balancing_loss)
+against the reference, on every device.
 
-Covers values and gradients over odd shapes and all dtypes, tie-breaking, NaN rows, masking and
-non-contiguous logits. The generic contract (opcheck, torch.compile, determinism, bad input, mixed
-devices, fallback) is tests/test_op_contract.py.
+Covers values and gradients over odd shapes and all dtypes, tie-breaking, NaN rows, masking,
+non-contiguous logits, the fused op against the two ops it fuses, both CPU instruction-set builds,
+and the lean plain-PyTorch benchmark baseline against the ops. The generic contract (opcheck,
+torch.compile, determinism, bad input, mixed devices, fallback) is tests/test_op_contract.py.
 """
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
 import pytest
 import torch
 from _helpers import assert_close_to_reference
 from conftest import FLOAT_DTYPES
 
 from pesc_kernels import ops, reference
+from pesc_kernels.bench.gating import lean_torch_routing
 
 TOKENS = [0, 1, 7, 4097]
 EXPERTS = [1, 2, 8, 60, 64, 256, 1024]
@@ -156,3 +165,175 @@ def test_non_contiguous_logits_are_accepted(device):
     assert torch.equal(ops.router_z_loss(logits), ops.router_z_loss(logits.contiguous()))
     assert torch.equal(ops.load_balancing_loss(logits, i), ops.load_balancing_loss(logits.contiguous(), i))
 
+
+
+def test_ties_and_special_values_follow_the_strict_order(device):
+    """-0 ties with +0 (lower index first); -inf ranks before NaN; NaNs last, lower index first."""
+    inf, nan = float("inf"), float("nan")
+    rows = torch.tensor([[-0.0, 0.0, -1.0, 0.0], [-inf, nan, -inf, 1.0], [nan, nan, -inf, nan],
+                         [inf, 2.0, inf, -inf]], device=device)
+    expected = [[0, 1, 3, 2], [3, 0, 2, 1], [2, 0, 1, 3], [0, 2, 1, 3]]
+    for dtype in FLOAT_DTYPES:
+        assert ops.topk_gating(rows.to(dtype), 4)[1].tolist() == expected, dtype
+        assert ops.topk_gating_with_balancing_loss(rows.to(dtype), 4)[1].tolist() == expected, dtype
+    assert reference.topk_gating(rows, 4)[1].tolist() == expected
+
+
+@pytest.mark.parametrize("E,k", [(40, 33), (64, 64), (256, 40), (1024, 1024)])
+def test_topk_gating_with_large_k_matches_reference(E, k, device):
+    """k > 32 takes the CPU kernels' sorting path; it must pick exactly the slot path's experts."""
+    for dtype in FLOAT_DTYPES:
+        logits = make_logits(37, E, dtype, device, seed=5)
+        logits[3, : E // 2] = logits[3, 0]  # a long tie
+        w, i = ops.topk_gating(logits, k)
+        w_ref, i_ref = reference.topk_gating(logits, k)
+        w64, i64 = reference.topk_gating(logits.double(), k)
+        assert torch.equal(i.cpu(), i64.cpu()), (E, k, dtype)
+        assert_close_to_reference(w, w_ref, w64, name=f"weights E={E} k={k} {dtype}")
+        # The first 32 of the sorted selection are what k=32 selects through the slots.
+        assert torch.equal(ops.topk_gating(logits, 32)[1], i[:, :32])
+
+
+def _fused_and_separate(logits, k, normalize, mask, upstream, grad_scale):
+    results = []
+    for fused in (True, False):
+        x = logits.detach().clone().requires_grad_(True)
+        if fused:
+            w, i, loss = ops.topk_gating_with_balancing_loss(x, k, normalize, mask)
+        else:
+            w, i = ops.topk_gating(x, k, normalize)
+            loss = ops.load_balancing_loss(x, i, mask)
+        total = (w * upstream).sum() + grad_scale * loss
+        (grad,) = torch.autograd.grad(total, x) if x.shape[0] else (torch.zeros_like(x),)
+        results.append((w.detach(), i, loss.detach(), grad))
+    return results
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+@pytest.mark.parametrize("E", [1, 8, 60, 1024])
+@pytest.mark.parametrize("T", TOKENS)
+def test_fused_gating_with_balancing_loss_equals_the_two_ops(T, E, dtype, device):
+    """Same weights, ids and loss bits as topk_gating + load_balancing_loss; the same gradient (the
+    same bits in fp32, where adding the two gradients rounds nothing; within rounding otherwise)."""
+    logits = make_logits(T, E, dtype, device, seed=3)
+    gen = torch.Generator().manual_seed(T + E)
+    mask = (torch.rand(T, generator=gen) > 0.3).to(device)
+    for k in sorted({1, min(E, 2), min(E, 8), E if E <= 64 else 40}):
+        for normalize in (True, False):
+            for m in (None, mask, torch.zeros_like(mask)):
+                upstream = torch.randn(T, k, generator=gen).to(device)
+                case = f"T={T} E={E} k={k} normalize={normalize} mask={m is not None} {dtype}"
+                (w, i, loss, grad), (w2, i2, loss2, grad2) = _fused_and_separate(logits, k, normalize, m, upstream, 0.7)
+                assert torch.equal(i, i2) and torch.equal(w, w2) and torch.equal(loss, loss2), case
+                assert grad.dtype == dtype, case
+                if dtype == torch.float32:
+                    assert torch.equal(grad, grad2), case
+                elif T:  # the two ops round their gradients separately: up to an ulp of the largest part apart
+                    atol = 2 * torch.finfo(dtype).eps * grad2.float().abs().max().item()
+                    torch.testing.assert_close(grad.float(), grad2.float(), rtol=0, atol=atol, msg=case)
+
+
+@pytest.mark.parametrize("used", ["weights", "loss"])
+def test_fused_gating_with_one_output_used_has_that_ops_gradient(used, device):
+    """An unused output's gradient is skipped (not computed as zero), so the backward is the one op's."""
+    for dtype in FLOAT_DTYPES:
+        logits = make_logits(300, 16, dtype, device, seed=4)
+        mask = (torch.arange(300, device=device) % 4) != 1
+        grads = []
+        for fused in (True, False):
+            x = logits.clone().requires_grad_(True)
+            if fused:
+                w, _, loss = ops.topk_gating_with_balancing_loss(x, 4, True, mask)
+            else:
+                w, i = ops.topk_gating(x, 4)
+                loss = ops.load_balancing_loss(x, i, mask)
+            (w.sum() if used == "weights" else loss).backward()
+            grads.append(x.grad)
+        assert torch.equal(grads[0], grads[1]), (used, dtype)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+def test_fused_gating_with_balancing_loss_matches_reference(dtype, device):
+    for T, E, k in ((4097, 8, 2), (513, 64, 4), (37, 12, 3), (1, 5, 5)):
+        logits = make_logits(T, E, dtype, device, seed=11)
+        mask = (torch.rand(T, generator=torch.Generator().manual_seed(E)) > 0.25).to(device)
+        upstream = torch.randn(T, k, dtype=torch.float64, device=device)
+        results = []
+        for fn, inp in ((ops.topk_gating_with_balancing_loss, logits),
+                        (reference.topk_gating_with_balancing_loss, logits),
+                        (reference.topk_gating_with_balancing_loss, logits.double())):
+            x = inp.detach().clone().requires_grad_(True)
+            w, i, loss = fn(x, k, True, mask)
+            (grad,) = torch.autograd.grad((w.double() * upstream).sum() + 0.5 * loss, x)
+            results.append((w.detach(), i, loss.detach(), grad))
+        (w, i, loss, grad), (w_ref, _, loss_ref, grad_ref), (w64, i64, loss64, grad64) = results
+        case = f"T={T} E={E} k={k} {dtype}"
+        assert torch.equal(i.cpu(), i64.cpu()), case
+        assert loss.dtype == torch.float32 and loss.dim() == 0 and grad.dtype == dtype, case
+        assert_close_to_reference(w, w_ref, w64, name="weights " + case)
+        assert_close_to_reference(loss, loss_ref, loss64, name="loss " + case)
+        assert_close_to_reference(grad, grad_ref, grad64, name="grad " + case)
+
+
+def test_lean_torch_baseline_matches_the_ops():
+    """The benchmark's plain-PyTorch baseline computes what the ops compute (random logits: no ties)."""
+    for T, E, k in ((4096, 8, 2), (1000, 16, 4), (777, 64, 4)):
+        logits = make_logits(T, E, torch.float32, torch.device("cpu"), seed=2)
+        upstream = torch.randn(T, k, generator=torch.Generator().manual_seed(T))
+        results = []
+        for fn in (lean_torch_routing, ops.topk_gating_with_balancing_loss):
+            x = logits.clone().requires_grad_(True)
+            w, i, loss = fn(x, k)
+            (grad,) = torch.autograd.grad((w * upstream).sum() + loss, x)
+            results.append((w.detach(), i, loss.detach(), grad))
+        (w, i, loss, grad), (w_ops, i_ops, loss_ops, grad_ops) = results
+        assert torch.equal(i.to(torch.int32), i_ops)
+        # fp32 agreement as docs/design.md, "Testing" states it: about 1e-5 of the largest value.
+        for a, b in ((w, w_ops), (loss, loss_ops), (grad, grad_ops)):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-5 * b.abs().max().item())
+
+
+_PORTABLE_BUILD_CHECK = """
+    import torch
+    from pesc_kernels import ops, reference
+
+    gen = torch.Generator().manual_seed(0)
+    for T, E, k in ((301, 8, 2), (77, 60, 8), (40, 100, 40)):
+        for dtype in (torch.float32, torch.bfloat16):
+            logits = (2 * torch.randn(T, E, generator=gen)).to(dtype)
+            mask = torch.rand(T, generator=gen) > 0.3
+            for fns in ((ops.topk_gating_with_balancing_loss, reference.topk_gating_with_balancing_loss),):
+                outs = []
+                for fn in fns:
+                    x = logits.clone().requires_grad_(True)
+                    w, i, loss = fn(x, k, True, mask)
+                    z = (ops.router_z_loss if fn is fns[0] else reference.router_z_loss)(x, mask)
+                    (grad,) = torch.autograd.grad(w.sum() * 0.3 + loss + 0.1 * z, x)
+                    outs.append((w, i, loss, z, grad.float()))
+                (w, i, loss, z, grad), (w_ref, i_ref, loss_ref, z_ref, grad_ref) = outs
+                tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-3)
+                assert torch.equal(i, i_ref), (T, E, k, dtype)
+                torch.testing.assert_close(w, w_ref, rtol=1e-5, atol=1e-6)
+                torch.testing.assert_close(loss, loss_ref, rtol=1e-5, atol=1e-6)
+                torch.testing.assert_close(z, z_ref, rtol=1e-5, atol=1e-5)
+                torch.testing.assert_close(grad, grad_ref, **tol)
+    print("ok", torch.backends.cpu.get_cpu_capability())
+"""
+
+
+@pytest.mark.parametrize("capability", ["default", None])
+def test_both_cpu_instruction_set_builds_match_the_reference(capability):
+    """The CPU kernels run the AVX2 build where the CPU has it and ATen's capability allows it, else
+    the portable one; ATEN_CPU_CAPABILITY=default forces the portable build, in a fresh process."""
+    env = dict(os.environ)
+    env.pop("ATEN_CPU_CAPABILITY", None)
+    if capability is not None:
+        env["ATEN_CPU_CAPABILITY"] = capability
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1] / "python"),
+                                         env.get("PYTHONPATH", "")])
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(_PORTABLE_BUILD_CHECK)], env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.startswith("ok"), result.stdout
+    if capability == "default":
+        assert "DEFAULT" in result.stdout

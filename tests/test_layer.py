@@ -13,7 +13,7 @@ from conftest import FLOAT_DTYPES
 from transformers import LlamaConfig
 from transformers.models.llama.modeling_llama import LlamaMLP
 
-from pesc_kernels import PESCConfig, PESCMoE, _library, reference
+from pesc_kernels import PESCConfig, PESCMoE, _library, ops, reference
 
 REFERENCE_IMPLS = ("reference", "camelidae", "sparsetral")  # PESCMoE(impl=...) besides the default "ops"
 
@@ -239,6 +239,27 @@ def test_router_state_and_token_mask(device):
     layer.attention_mask = torch.ones(3, 5, device=device)
     with pytest.raises(ValueError, match=r"attention_mask of shape \(3, 5\) does not match the layer input"):
         layer(x)
+
+
+@pytest.mark.parametrize("impl", ["ops", "reference"])
+def test_training_computes_the_balancing_loss_with_the_routing(impl, device):
+    """The fused op's loss is load_balancing_loss of the recorded routing: same bits, same gradient."""
+    api = ops if impl == "ops" else reference
+    config = PESCConfig(num_experts=4, top_k=2, adapter_dim=8, aux_loss_coef=0.1)
+    layer = make_layer(impl, 16, config, device).train()
+    x = torch.randn(2, 5, 16, device=device)
+    layer.attention_mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], device=device)
+    layer(x)
+    expected = api.load_balancing_loss(layer.router_logits, layer.expert_indices, layer.token_mask)
+    assert layer.balancing_loss is not None and torch.equal(layer.balancing_loss, expected)
+    (grad,) = torch.autograd.grad(layer.balancing_loss, layer.router.weight, retain_graph=True)
+    (expected_grad,) = torch.autograd.grad(expected, layer.router.weight)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-6, atol=1e-7)
+    layer.eval()(x)  # not training: the losses are computed later, if at all
+    assert layer.balancing_loss is None
+    zero_coef = make_layer(impl, 16, PESCConfig(num_experts=4, top_k=2, adapter_dim=8, aux_loss_coef=0.0), device)
+    zero_coef.train()(x)
+    assert zero_coef.balancing_loss is None
 
 
 # -------------------------------------------------------------------------- autocast, compile

@@ -50,11 +50,20 @@ void check_router_mask(const char* op, const at::Tensor& logits, const std::opti
   check_size(op, *mask, 0, logits.sym_size(0), "mask", "the number of tokens T of logits");
 }
 
-void check_scalar_grad(const char* op, const at::Tensor& grad, const at::Tensor& logits) {
-  check_defined(op, grad, "grad");
-  TORCH_CHECK_VALUE(grad.sym_numel() == 1, op, ": grad must be a scalar, got shape ", shape_string(grad));
-  check_dtype(op, grad, at::kFloat, "grad");
-  check_same_device(op, grad, "grad", logits, "logits");
+void check_scalar_grad(const char* op, const at::Tensor& grad, const at::Tensor& logits, const char* arg = "grad") {
+  check_defined(op, grad, arg);
+  TORCH_CHECK_VALUE(grad.sym_numel() == 1, op, ": ", arg, " must be a scalar, got shape ", shape_string(grad));
+  check_dtype(op, grad, at::kFloat, arg);
+  check_same_device(op, grad, arg, logits, "logits");
+}
+
+// k in [1, E] with T * k fitting the int32 ids of the routed slots.
+void check_top_k(const char* op, const at::Tensor& logits, int64_t k) {
+  const c10::SymInt& T = logits.sym_size(0);
+  const c10::SymInt& E = logits.sym_size(1);
+  TORCH_CHECK_VALUE(k >= 1 && E >= k, op, ": k must be in [1, E=", E, "], got k=", k);
+  TORCH_CHECK_VALUE(T * k <= std::numeric_limits<int32_t>::max(), op, ": T * k must fit in int32, got T=", T,
+                    ", k=", k);
 }
 
 at::Tensor scalar_loss(const at::Tensor& logits) { return at::empty({}, logits.options().dtype(at::kFloat)); }
@@ -65,11 +74,8 @@ at::Tensor grad_like(const at::Tensor& logits) { return at::empty_symint(logits.
 std::tuple<at::Tensor, at::Tensor> topk_gating_outputs(const at::Tensor& logits, int64_t k, bool normalize) {
   const char* op = "pesc.topk_gating";
   check_logits(op, logits);
+  check_top_k(op, logits, k);
   const c10::SymInt& T = logits.sym_size(0);
-  const c10::SymInt& E = logits.sym_size(1);
-  TORCH_CHECK_VALUE(k >= 1 && E >= k, op, ": k must be in [1, E=", E, "], got k=", k);
-  TORCH_CHECK_VALUE(T * k <= std::numeric_limits<int32_t>::max(), op, ": T * k must fit in int32, got T=", T,
-                    ", k=", k);
   return {at::empty_symint({T, k}, logits.options().dtype(at::kFloat)),
           at::empty_symint({T, k}, logits.options().dtype(at::kInt))};
 }
@@ -139,4 +145,54 @@ TORCH_LIBRARY_IMPL(pesc, Meta, m) {
   m.impl("load_balancing_loss_backward", &pesc::load_balancing_loss_backward_outputs);
   m.impl("router_z_loss", &pesc::router_z_loss_outputs);
   m.impl("router_z_loss_backward", &pesc::router_z_loss_backward_outputs);
+}
+
+// ---- topk_gating_with_balancing_loss: top-k gating and the balancing loss of its selection in one op.
+
+namespace pesc {
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> topk_gating_with_balancing_loss_outputs(
+    const at::Tensor& logits, int64_t k, bool normalize, const std::optional<at::Tensor>& mask) {
+  const char* op = "pesc.topk_gating_with_balancing_loss";
+  check_logits(op, logits);
+  check_top_k(op, logits, k);
+  check_router_mask(op, logits, mask);
+  const c10::SymInt& T = logits.sym_size(0);
+  return {at::empty_symint({T, k}, logits.options().dtype(at::kFloat)),
+          at::empty_symint({T, k}, logits.options().dtype(at::kInt)), scalar_loss(logits),
+          at::empty_symint({logits.sym_size(1) + 1}, logits.options().dtype(at::kInt))};
+}
+
+at::Tensor topk_gating_with_balancing_loss_backward_outputs(const at::Tensor& grad_weights, const at::Tensor& grad_loss,
+                                                            const at::Tensor& logits, const at::Tensor& weights,
+                                                            const at::Tensor& indices, const at::Tensor& routed_counts,
+                                                            const std::optional<at::Tensor>& mask, bool normalize) {
+  const char* op = "pesc.topk_gating_with_balancing_loss_backward";
+  check_logits(op, logits);
+  check_routing_indices(op, logits, indices);
+  check_routing_weights(op, grad_weights, "grad_weights", logits, indices);
+  check_routing_weights(op, weights, "weights", logits, indices);
+  check_scalar_grad(op, grad_loss, logits, "grad_loss");
+  check_dim(op, routed_counts, 1, "routed_counts", "[E+1]");
+  check_dtype(op, routed_counts, at::kInt, "routed_counts");
+  check_same_device(op, routed_counts, "routed_counts", logits, "logits");
+  check_size(op, routed_counts, 0, logits.sym_size(1) + 1, "routed_counts", "the number of experts E of logits plus 1");
+  check_router_mask(op, logits, mask);
+  return grad_like(logits);
+}
+
+}  // namespace pesc
+
+TORCH_LIBRARY_FRAGMENT(pesc, m) {
+  m.def(
+      "topk_gating_with_balancing_loss(Tensor logits, int k, bool normalize=True, Tensor? mask=None)"
+      " -> (Tensor weights, Tensor indices, Tensor loss, Tensor routed_counts)");
+  m.def(
+      "topk_gating_with_balancing_loss_backward(Tensor grad_weights, Tensor grad_loss, Tensor logits, Tensor weights,"
+      " Tensor indices, Tensor routed_counts, Tensor? mask, bool normalize) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(pesc, Meta, m) {
+  m.impl("topk_gating_with_balancing_loss", &pesc::topk_gating_with_balancing_loss_outputs);
+  m.impl("topk_gating_with_balancing_loss_backward", &pesc::topk_gating_with_balancing_loss_backward_outputs);
 }

@@ -167,6 +167,10 @@ def router_losses(model: nn.Module) -> dict[str, torch.Tensor]:
     The official PESC code's balancing loss, by contrast, always evaluates to the constant E/k (it
     multiplies the routed fractions by the mean of the renormalised top-k weights, 1/k by
     construction, instead of the mean router probabilities), so its gradient is zero.
+
+    A layer that computed its balancing loss with the routing (``PESCMoE.balancing_loss``, in
+    training with a non-zero ``aux_loss_coef``) contributes that tensor; the others' is computed
+    here from the recorded logits and indices. Both give the same value and gradient.
     """
     layers = pesc_layers(model)
     if not layers:
@@ -177,7 +181,10 @@ def router_losses(model: nn.Module) -> dict[str, torch.Tensor]:
     device = ran[0].router_logits.device
     aux = z = None
     for layer in ran:
-        a = ops.load_balancing_loss(layer.router_logits, layer.expert_indices, layer.token_mask).to(device)
+        a = layer.balancing_loss
+        if a is None:
+            a = ops.load_balancing_loss(layer.router_logits, layer.expert_indices, layer.token_mask)
+        a = a.to(device)
         b = ops.router_z_loss(layer.router_logits, layer.token_mask).to(device)
         aux, z = (a, b) if aux is None else (aux + a, z + b)
     return {"aux_loss": aux, "z_loss": z}
@@ -213,11 +220,16 @@ def _crafted_forward(self, inner, names, args, kwargs):
     for layer in layers:
         layer.clear_router_state()
         layer.attention_mask = mask
+    # In training the layers compute their balancing loss from this mask, and activation
+    # checkpointing runs them again during the backward: they must see the same mask then, so it
+    # stays set until the next forward. Without a backward to come it is cleared at once.
+    keep_mask = self.training and torch.is_grad_enabled()
     try:
         out = inner(self, *args, **kwargs)
     finally:
-        for layer in layers:
-            layer.attention_mask = None
+        if not keep_mask:
+            for layer in layers:
+                layer.attention_mask = None
     labels = _argument("labels", names, args, kwargs)
     if (not layers or (labels is None and not self.training) or layers[0].router_logits is None
             or not isinstance(out, (tuple, MutableMapping))):  # e.g. a bare tensor: nothing to add to

@@ -64,7 +64,11 @@ class PESCMoE(nn.Module):
     After each forward, ``router_logits [T, E]``, ``expert_indices [T, k]`` (int32) and ``token_mask``
     ([T] bool, or None when every token counts) describe that step's routing for
     :func:`pesc_kernels.router_losses`. ``attention_mask`` (set by a crafted model's forward, [B, L]
-    with 1 for real tokens) is what ``token_mask`` is derived from.
+    with 1 for real tokens) is what ``token_mask`` is derived from. In training with a non-zero
+    ``aux_loss_coef``, the "ops" and "reference" dataflows compute the balancing loss together with
+    the routing (:func:`pesc_kernels.ops.topk_gating_with_balancing_loss`, one softmax for both) and
+    keep it in ``balancing_loss`` (0-dim fp32); otherwise ``balancing_loss`` is None and
+    :func:`pesc_kernels.router_losses` computes it from the recorded routing, to the same value.
     """
 
     def __init__(self, ffn: nn.Module, hidden_size: int, config: PESCConfig, *, impl: str = "ops",
@@ -123,6 +127,11 @@ class PESCMoE(nn.Module):
         self.router_logits: torch.Tensor | None = None
         self.expert_indices: torch.Tensor | None = None
         self.token_mask: torch.Tensor | None = None
+        self.balancing_loss: torch.Tensor | None = None
+
+    def computes_balancing_loss(self) -> bool:
+        """Whether this forward computes the balancing loss with the routing: training, and the loss counts."""
+        return self.training and self.config.aux_loss_coef != 0
 
     def extra_repr(self) -> str:
         c = self.config
@@ -143,10 +152,12 @@ class PESCMoE(nn.Module):
         x2 = x.reshape(-1, self.hidden_size)
         z2 = z.reshape(-1, self.hidden_size)
         logits = self.router(x2)
-        y2, indices = _COMBINES[self.impl](self, z2, logits)
+        token_mask = self._token_mask(x.shape, logits.device)
+        y2, indices, balancing_loss = _COMBINES[self.impl](self, z2, logits, token_mask)
         self.router_logits = logits
         self.expert_indices = indices
-        self.token_mask = self._token_mask(x.shape, logits.device)
+        self.token_mask = token_mask
+        self.balancing_loss = balancing_loss
         return y2.view(z.shape)
 
     def adapter_input(self, z2: torch.Tensor) -> torch.Tensor:
@@ -173,21 +184,26 @@ class PESCMoE(nn.Module):
         return mask.reshape(-1).to(device=device, dtype=torch.bool)
 
 
-# ------------------------------------------------------------------ routed combines: z [T, d], logits [T, E]
-# Each returns (y [T, d], expert indices [T, k] int32).
+# ------------------------------------------------------- routed combines: z [T, d], logits [T, E], token mask [T]
+# Each returns (y [T, d], expert indices [T, k] int32, the balancing loss or None).
 
-def _pesc_dataflow(api, layer: PESCMoE, z2: torch.Tensor, logits: torch.Tensor):
+def _pesc_dataflow(api, layer: PESCMoE, z2: torch.Tensor, logits: torch.Tensor, token_mask: torch.Tensor | None):
     """topk_gating -> permute -> adapter -> unpermute, on the op API ``api`` (ops or reference)."""
     c = layer.config
-    weights, indices = api.topk_gating(logits, c.top_k, c.normalize_top_k)
+    balancing_loss = None
+    if layer.computes_balancing_loss():
+        weights, indices, balancing_loss = api.topk_gating_with_balancing_loss(
+            logits, c.top_k, c.normalize_top_k, token_mask)
+    else:
+        weights, indices = api.topk_gating(logits, c.top_k, c.normalize_top_k)
     h = layer.adapter_input(z2)
     h_perm, row_map, offsets = api.permute(h, indices, c.num_experts)
     w_down, w_up = layer.adapter_weights(h.dtype)
     y_perm = api.adapter(h_perm, w_down, w_up, offsets, c.activation, c.scaling)
-    return api.unpermute(y_perm, row_map, weights, z2), indices
+    return api.unpermute(y_perm, row_map, weights, z2), indices, balancing_loss
 
 
-def _camelidae_combine(layer: PESCMoE, z2: torch.Tensor, logits: torch.Tensor):
+def _camelidae_combine(layer: PESCMoE, z2: torch.Tensor, logits: torch.Tensor, token_mask: torch.Tensor | None):
     c = layer.config
     k, tokens, d = c.top_k, z2.shape[0], z2.shape[1]
     top_logits, top_indices = torch.topk(logits, k, dim=-1)
@@ -202,10 +218,10 @@ def _camelidae_combine(layer: PESCMoE, z2: torch.Tensor, logits: torch.Tensor):
         w_down, w_up = layer.adapter_weights(h.dtype)
         outputs[selected] += c.scaling * (act(h @ w_down[e]) @ w_up[e])
     y = (outputs.view(tokens, k, d) * gates.unsqueeze(-1)).sum(dim=1)
-    return y, top_indices.to(torch.int32)
+    return y, top_indices.to(torch.int32), None
 
 
-def _sparsetral_combine(layer: PESCMoE, z2: torch.Tensor, logits: torch.Tensor):
+def _sparsetral_combine(layer: PESCMoE, z2: torch.Tensor, logits: torch.Tensor, token_mask: torch.Tensor | None):
     c = layer.config
     probs = torch.softmax(logits, dim=-1, dtype=torch.float32)
     top_weights, top_indices = torch.topk(probs, c.top_k, dim=-1)
@@ -218,12 +234,12 @@ def _sparsetral_combine(layer: PESCMoE, z2: torch.Tensor, logits: torch.Tensor):
     y = z2
     for e in range(c.num_experts):
         y = y + dense[:, e, None] * (c.scaling * (act(h @ w_down[e]) @ w_up[e]))
-    return y, top_indices.to(torch.int32)
+    return y, top_indices.to(torch.int32), None
 
 
 _COMBINES = {
-    "ops": lambda layer, z2, logits: _pesc_dataflow(ops, layer, z2, logits),
-    "reference": lambda layer, z2, logits: _pesc_dataflow(reference, layer, z2, logits),
+    "ops": lambda layer, z2, logits, mask: _pesc_dataflow(ops, layer, z2, logits, mask),
+    "reference": lambda layer, z2, logits, mask: _pesc_dataflow(reference, layer, z2, logits, mask),
     "camelidae": _camelidae_combine,
     "sparsetral": _sparsetral_combine,
 }

@@ -8,10 +8,14 @@ results.json (schema "pesc-bench/1"):
                                      "peak_memory_bytes", "ratio_to_baseline",
                                      "memory_ratio_to_baseline"?, "pesc_speedup"?}}}]}
 Layer cases (baseline "dense") are reported as overhead ratios: variant time / dense FFN time.
+Op cases are reported against every baseline: one table row per (case, baseline), and a summary
+of the speedup ranges per op and baseline, where a case's first candidate (its "baseline" field, the
+one ratio_to_baseline refers to; for routing the lean plain-PyTorch formulation) is marked.
 """
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 
 SCHEMA = "pesc-bench/1"
@@ -52,7 +56,27 @@ def layer_rows(results: dict) -> list[list[str]]:
     return rows
 
 
+def summary_rows(results: dict) -> list[list[str]]:
+    """pesc's speedup over each baseline of each op, over the op's shapes: min, median, max."""
+    groups: dict[tuple[str, str, str], list[float]] = {}
+    primary: set[tuple[str, str, str]] = set()
+    for case in results["cases"]:
+        if is_layer_case(case) or "pesc" not in case["candidates"]:
+            continue
+        for label, stats in case["candidates"].items():
+            if label == "pesc":
+                continue
+            key = (case["family"], case["name"], label)
+            groups.setdefault(key, []).append(stats["pesc_speedup"])
+            if label == case["baseline"]:
+                primary.add(key)
+    return [[family, name, label + (" (runner baseline)" if (family, name, label) in primary else ""), str(len(ratios)),
+             f"{min(ratios):.2f}x", f"{statistics.median(ratios):.2f}x", f"{max(ratios):.2f}x"]
+            for (family, name, label), ratios in groups.items()]
+
+
 OP_HEADER = ["op", "shape", "baseline", "baseline ms", "pesc ms", "pesc p25-p75", "speedup"]
+SUMMARY_HEADER = ["family", "op", "baseline", "shapes", "min speedup", "median speedup", "max speedup"]
 LAYER_HEADER = ["layer", "shape", "variant", "dense FFN ms", "variant ms", "overhead ratio", "peak-mem ratio"]
 
 
@@ -96,7 +120,8 @@ def text_report(results: dict) -> str:
         c = results["calibration"]
         parts.append(f"calibration: copy {c['copy_bandwidth_GBps']:.0f} GB/s, "
                      f"{c['matmul_dtype']} matmul {c['matmul_TFLOPs']:.0f} TFLOP/s")
-    for header, rows in ((_op_header(results), op_rows(results)), (LAYER_HEADER, layer_rows(results))):
+    for header, rows in ((_op_header(results), op_rows(results)), (SUMMARY_HEADER, summary_rows(results)),
+                         (LAYER_HEADER, layer_rows(results))):
         table = format_text_table(header, rows)
         if table:
             parts += ["", table]
@@ -125,6 +150,9 @@ def markdown_section(results: dict) -> str:
     ops_table = format_markdown_table(_op_header(results), op_rows(results))
     if ops_table:
         lines += ["Ops (speedup = baseline median / pesc median, same run):", "", ops_table, ""]
+        lines += ["Speedup of pesc over each baseline, across each op's shapes (runner baseline: the case's first "
+                  "candidate, which `ratio_to_baseline` refers to):", "",
+                  format_markdown_table(SUMMARY_HEADER, summary_rows(results)), ""]
     layer_table = format_markdown_table(LAYER_HEADER, layer_rows(results))
     if layer_table:
         lines += ["Layer (overhead ratio = variant fwd+bwd time / dense FFN fwd+bwd time; peak-mem ratio = peak "

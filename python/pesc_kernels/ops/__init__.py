@@ -15,13 +15,13 @@ One module per op family: :mod:`.gating` (routing), :mod:`.permute` (dispatch an
 """
 from ..reference.activations import ACTIVATIONS as _ACTIVATION_FUNCTIONS
 from .adapter import adapter, grouped_mm
-from .gating import load_balancing_loss, router_z_loss, topk_gating
+from .gating import load_balancing_loss, router_z_loss, topk_gating, topk_gating_with_balancing_loss
 from .permute import permute, unpermute
 
 ACTIVATIONS = tuple(_ACTIVATION_FUNCTIONS)  # the names `adapter` accepts
 
 __all__ = [
-    "topk_gating", "load_balancing_loss", "router_z_loss",
+    "topk_gating", "load_balancing_loss", "router_z_loss", "topk_gating_with_balancing_loss",
     "permute", "unpermute",
     "grouped_mm", "adapter", "ACTIVATIONS",
 ]

@@ -1,9 +1,12 @@
 """Routing ops: top-k gating, the Switch load-balancing loss and the router z-loss.
 
 See docs/design.md, "Routing". Registers autograd for ``torch.ops.pesc.{topk_gating,
-load_balancing_loss, router_z_loss}``; their backward passes are ops too (``*_backward``), so
-torch.compile sees opaque, shape-stable calls in both directions. Validation and the fake
-(meta) implementations live with the kernels (``csrc/gating/ops.cpp``).
+load_balancing_loss, router_z_loss, topk_gating_with_balancing_loss}``; their backward passes are
+ops too (``*_backward``), so torch.compile sees opaque, shape-stable calls in both directions.
+Validation and the fake (meta) implementations live with the kernels (``csrc/gating/ops.cpp``).
+
+Every routing op gives the same bits for any number of CPU threads (and for the same inputs on
+one device, always).
 """
 from __future__ import annotations
 
@@ -62,6 +65,29 @@ def router_z_loss(logits: torch.Tensor, mask: torch.Tensor | None = None) -> tor
     return _library.fallback("router_z_loss", (logits, mask), reference.router_z_loss)
 
 
+def topk_gating_with_balancing_loss(
+    logits: torch.Tensor, k: int, normalize: bool = True, mask: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`topk_gating` and :func:`load_balancing_loss` of its selection, in one pass over the logits.
+
+    Equal to ``weights, indices = topk_gating(logits, k, normalize)`` followed by
+    ``load_balancing_loss(logits, indices, mask)``: the same values and the same gradient (the sum
+    of the two ops' gradients; on CPU added in float32 and rounded once to ``logits``' dtype, so
+    float32 gives the same bits as the two ops; when only one output is used, the backward is that
+    op's own). On CPU the softmax is computed once for both, in one pass forward and one backward;
+    on CUDA the op runs the two ops' kernels.
+
+    Returns:
+        ``weights [T, k]`` float32, ``indices [T, k]`` int32 and the 0-dim float32 balancing loss.
+    """
+    if _library.use_kernel("topk_gating_with_balancing_loss", logits.device):
+        weights, indices, loss, _routed_counts = torch.ops.pesc.topk_gating_with_balancing_loss(
+            logits, k, normalize, mask)
+        return weights, indices, loss
+    return _library.fallback("topk_gating_with_balancing_loss", (logits, k, normalize, mask),
+                             reference.topk_gating_with_balancing_loss)
+
+
 def _register() -> None:
     lib = "pesc::"
 
@@ -97,6 +123,29 @@ def _register() -> None:
         return torch.ops.pesc.router_z_loss_backward(grad, logits, mask), None
 
     torch.library.register_autograd(lib + "router_z_loss", z_backward, setup_context=z_setup)
+
+    def fused_setup(ctx, inputs, output):
+        logits, _k, normalize, mask = inputs
+        weights, indices, _loss, routed_counts = output
+        ctx.save_for_backward(logits, weights, indices, routed_counts, mask)
+        ctx.normalize = normalize
+        ctx.set_materialize_grads(False)  # an unused output's gradient is None: its part is skipped
+
+    def fused_backward(ctx, grad_weights, _grad_indices, grad_loss, _grad_counts):
+        logits, weights, indices, routed_counts, mask = ctx.saved_tensors
+        if grad_loss is None and grad_weights is None:
+            grad = None
+        elif grad_loss is None:
+            grad = torch.ops.pesc.topk_gating_backward(grad_weights, logits, weights, indices, ctx.normalize)
+        elif grad_weights is None:
+            grad = torch.ops.pesc.load_balancing_loss_backward(grad_loss, logits, indices, mask)
+        else:
+            grad = torch.ops.pesc.topk_gating_with_balancing_loss_backward(
+                grad_weights, grad_loss, logits, weights, indices, routed_counts, mask, ctx.normalize)
+        return grad, None, None, None
+
+    torch.library.register_autograd(lib + "topk_gating_with_balancing_loss", fused_backward,
+                                    setup_context=fused_setup)
 
 
 if _library.extension_loaded():

@@ -9,11 +9,11 @@ official Camelidae forward and the Sparsetral forward) are ``pesc_kernels.PESCMo
 """
 from .activations import ACTIVATIONS, activation_fn
 from .adapter import adapter, grouped_mm
-from .gating import load_balancing_loss, router_z_loss, topk_gating
+from .gating import load_balancing_loss, router_z_loss, topk_gating, topk_gating_with_balancing_loss
 from .permute import permute, unpermute
 
 __all__ = [
-    "topk_gating", "load_balancing_loss", "router_z_loss",
+    "topk_gating", "load_balancing_loss", "router_z_loss", "topk_gating_with_balancing_loss",
     "permute", "unpermute",
     "grouped_mm", "adapter", "ACTIVATIONS", "activation_fn",
 ]

@@ -1,6 +1,7 @@
 """Reference routing ops: softmax top-k gating, Switch balancing loss, z-loss (docs/design.md, "Routing").
 
 logits [T, E] -> weights [T, k] (float32, or float64 for float64 logits), indices [T, k] int32.
+``topk_gating_with_balancing_loss`` is the composition of ``topk_gating`` and ``load_balancing_loss``.
 """
 from __future__ import annotations
 
@@ -52,3 +53,10 @@ def router_z_loss(logits: torch.Tensor, mask: torch.Tensor | None = None) -> tor
     counted = _token_weights(logits, mask)
     lse = torch.logsumexp(logits.to(compute_dtype(logits)), dim=-1)
     return (lse.square() * counted).sum() / counted.sum().clamp(min=1)
+
+
+def topk_gating_with_balancing_loss(
+    logits: torch.Tensor, k: int, normalize: bool = True, mask: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    weights, indices = topk_gating(logits, k, normalize)
+    return weights, indices, load_balancing_loss(logits, indices, mask)
