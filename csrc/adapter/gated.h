@@ -10,9 +10,10 @@
 //                    (GPT-OSS; HF's default limit 7, alpha 1.702)
 // Backward, for an upstream gradient ga of a:
 //   act(g) * u:      dg = ga * u * act'(g),  du = ga * act(g)
-//   clamped_swiglu:  dg = ga * (u' + 1) * (s + alpha g' s (1 - s)) where g <= limit, else 0   (s = sigmoid(alpha g'))
-//                    du = ga * g' s where -limit <= u <= limit, else 0
-// The clamps pass NaN through and their gradient masks are the closed intervals, as torch.clamp's.
+//   clamped_swiglu:  dg = ga * (u' + 1) * (s + alpha g' s (1 - s)) where g < limit, else 0   (s = sigmoid(alpha g'))
+//                    du = ga * g' s where -limit < u < limit, else 0
+// The clamps pass NaN through; their gradient is zero at and beyond the bounds and for NaN, as
+// torch.clamp's backward gives it.
 #pragma once
 
 #include <type_traits>
@@ -66,8 +67,8 @@ PESC_HD GatedGrad clamped_swiglu_backward(float g, float u, float ga, float limi
   const float gc = clamp_max(g, limit);
   const float s = act_detail::sigmoid(alpha * gc);
   const float glu = gc * s;
-  const bool g_passes = g <= limit;
-  const bool u_passes = u >= -limit && u <= limit;
+  const bool g_passes = g < limit;
+  const bool u_passes = u > -limit && u < limit;
   const float uc = clamp_range(u, -limit, limit);
   const float dglu = s + alpha * gc * s * (1.f - s);
   return {g_passes ? ga * (uc + 1.f) * dglu : 0.f, u_passes ? ga * glu : 0.f};

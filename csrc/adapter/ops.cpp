@@ -168,7 +168,9 @@ at::Tensor gated_activation_backward_outputs(const at::Tensor& grad_a, const at:
   const char* op = "pesc.gated_activation_backward";
   parse_gated_kind(op, activation, limit, alpha);
   const c10::SymInt F = check_gate_up(op, h);
-  check_like(op, grad_a, "grad_a", 2, "[N, F]", h);
+  check_dim(op, grad_a, 2, "grad_a", "[N, F]");
+  check_same_dtype(op, grad_a, "grad_a", h, "h");
+  check_same_device(op, grad_a, "grad_a", h, "h");
   check_size(op, grad_a, 0, h.sym_size(0), "grad_a", "the number of rows N of h");
   check_size(op, grad_a, 1, F, "grad_a", "h.shape[1] / 2 (F)");
   return at::empty_symint(h.sym_sizes(), h.options());

@@ -177,18 +177,18 @@ def _deepseek_v3_refusal(router) -> str | None:
     return _expert_count_refusal(router)
 
 
-# module, class -> (patched forward, the name patch_moe reports, refusal check or None)
+# module, class -> (patched forward, the name patch_moe reports, refusal check)
+_QWEN_STYLE = (_softmax_router_forward("norm_topk_prob", True, False), "topk_gating (softmax, norm_topk_prob)",
+               _expert_count_refusal)
 _ROUTERS = {
     ("transformers.models.mixtral.modeling_mixtral", "MixtralTopKRouter"):
         (_softmax_router_forward(None, False, False), "topk_gating (softmax, renormalised)", _expert_count_refusal),
-    ("transformers.models.qwen2_moe.modeling_qwen2_moe", "Qwen2MoeTopKRouter"):
-        (_softmax_router_forward("norm_topk_prob", True, False), "topk_gating (softmax, norm_topk_prob)", _expert_count_refusal),
-    ("transformers.models.qwen3_moe.modeling_qwen3_moe", "Qwen3MoeTopKRouter"):
-        (_softmax_router_forward("norm_topk_prob", True, False), "topk_gating (softmax, norm_topk_prob)", _expert_count_refusal),
-    ("transformers.models.olmoe.modeling_olmoe", "OlmoeTopKRouter"):
-        (_softmax_router_forward("norm_topk_prob", True, False), "topk_gating (softmax, norm_topk_prob)", _expert_count_refusal),
+    ("transformers.models.qwen2_moe.modeling_qwen2_moe", "Qwen2MoeTopKRouter"): _QWEN_STYLE,
+    ("transformers.models.qwen3_moe.modeling_qwen3_moe", "Qwen3MoeTopKRouter"): _QWEN_STYLE,
+    ("transformers.models.olmoe.modeling_olmoe", "OlmoeTopKRouter"): _QWEN_STYLE,
     ("transformers.models.gpt_oss.modeling_gpt_oss", "GptOssTopKRouter"):
-        (_softmax_router_forward(None, True, True), "topk_gating (top-k logits, softmax over k)", _expert_count_refusal),
+        (_softmax_router_forward(None, True, True), "topk_gating (top-k logits, softmax over k)",
+         _expert_count_refusal),
     ("transformers.models.deepseek_v3.modeling_deepseek_v3", "DeepseekV3TopkRouter"):
         (_deepseek_v3_router_forward, "grouped_topk_gating (sigmoid, bias, groups, scaling)", _deepseek_v3_refusal),
 }
