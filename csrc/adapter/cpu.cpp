@@ -245,8 +245,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> grouped_mm_backward_cpu(const at:
     zero_dropped_rows(grad_x, offsets);
   }
   // dW_e = x[seg]^T @ dy[seg] ([K, M]); with w [E, M, K] its transpose dy[seg]^T @ x[seg] is stored.
-  if (output_mask[1]) weight_grads({w_transposed ? WeightGrad{grad_w, grad_y, x} : WeightGrad{grad_w, x, grad_y}},
-                                   offsets);
+  if (output_mask[1])
+    weight_grads({w_transposed ? WeightGrad{grad_w, grad_y, x} : WeightGrad{grad_w, x, grad_y}}, offsets);
   if (output_mask[2]) bias_grad(grad_y, offsets, grad_bias);
   return {grad_x, grad_w, grad_bias};
 }

@@ -64,8 +64,8 @@ void check_grad_y(const char* op, const at::Tensor& grad_y, const at::Tensor& x,
 // The output width M of grouped_mm: w [E, K, M], or [E, M, K] when w_transposed.
 c10::SymInt grouped_mm_columns(const at::Tensor& w, bool w_transposed) { return w.sym_size(w_transposed ? 1 : 2); }
 
-void check_grouped_mm_inputs(const char* op, const at::Tensor& x, const at::Tensor& w,
-                             const at::Tensor& expert_offsets, bool w_transposed) {
+void check_grouped_mm_inputs(const char* op, const at::Tensor& x, const at::Tensor& w, const at::Tensor& expert_offsets,
+                             bool w_transposed) {
   check_rows(op, x, "x", "[N, K]");
   check_like(op, w, "w", 3, w_transposed ? "[E, M, K] (w_transposed)" : "[E, K, M]", x);
   const c10::SymInt E = check_experts(op, w, "w");

@@ -128,8 +128,8 @@ std::vector<uint32_t> slot_buckets(const at::Tensor& indices, int32_t E, bool dr
   std::vector<uint32_t> buckets(n);
   for (int64_t s = 0; s < n; ++s) {
     const Id id = ids[s];
-    TORCH_CHECK_INDEX(drop_invalid || (id >= 0 && id < E), "pesc.permute: indices holds expert id ", id, " at [",
-                      s / k, ", ", s % k, "], outside [0, num_experts=", E, ")");
+    TORCH_CHECK_INDEX(drop_invalid || (id >= 0 && id < E), "pesc.permute: indices holds expert id ", id, " at [", s / k,
+                      ", ", s % k, "], outside [0, num_experts=", E, ")");
     buckets[s] = expert_bucket_dropping(id, E);
   }
   return buckets;
@@ -188,9 +188,9 @@ std::tuple<at::Tensor, at::Tensor> unpermute_backward_cpu(const at::Tensor& grad
   const auto weights = weights_fp32(weights_in), y_perm = contiguous_optional(y_perm_in);
   const int64_t T = row_map.size(0), k = row_map.size(1), d = grad_y.size(1);
   // The dot products accumulate in fp32; they are rounded once to the weights' dtype.
-  at::Tensor grad_weights_fp32 =
-      y_perm.has_value() && grad_weights.scalar_type() != at::kFloat ? at::empty_like(grad_weights, at::kFloat)
-                                                                     : grad_weights;
+  at::Tensor grad_weights_fp32 = y_perm.has_value() && grad_weights.scalar_type() != at::kFloat
+                                     ? at::empty_like(grad_weights, at::kFloat)
+                                     : grad_weights;
   PESC_DTYPE_SWITCH(dtype_of(grad_y), HostTypes, [&] {
     const ScatterArgs args{row_map.data_ptr<int32_t>(),
                            optional_data<float>(weights),

@@ -19,8 +19,8 @@ namespace {
 constexpr int64_t kMaxRows = std::numeric_limits<int32_t>::max();
 
 // [T, k] int32 routing layout (row_map; indices may also be int64) on `like`'s device.
-void check_slots(const char* op, const at::Tensor& slots, const char* arg, const at::Tensor& like,
-                 const char* like_arg, bool allow_int64 = false) {
+void check_slots(const char* op, const at::Tensor& slots, const char* arg, const at::Tensor& like, const char* like_arg,
+                 bool allow_int64 = false) {
   check_dim(op, slots, 2, arg, "[T, k]");
   if (allow_int64) {
     TORCH_CHECK_TYPE(slots.scalar_type() == at::kInt || slots.scalar_type() == at::kLong, op, ": ", arg,
@@ -95,9 +95,9 @@ std::tuple<at::Tensor, at::Tensor> unpermute_backward_outputs(const at::Tensor& 
     check_matching_rows(op, *y_perm, "y_perm", "[N, d]", row_map.sym_numel(),
                         "the number of routed rows N = T*k of row_map", grad_y, "grad_y");
   const auto weights_options = grad_y.options().dtype(weights.has_value() ? weights->scalar_type() : at::kFloat);
-  return {at::empty_symint({row_map.sym_numel(), grad_y.sym_size(1)}, grad_y.options()),
-          y_perm.has_value() ? at::empty_symint(row_map.sym_sizes(), weights_options)
-                             : at::empty({0}, weights_options)};
+  return {
+      at::empty_symint({row_map.sym_numel(), grad_y.sym_size(1)}, grad_y.options()),
+      y_perm.has_value() ? at::empty_symint(row_map.sym_sizes(), weights_options) : at::empty({0}, weights_options)};
 }
 
 void check_row_map_cpu(const char* op, const at::Tensor& row_map) {

@@ -36,9 +36,8 @@ void token_scores(const scalar_t* row, int E, RouterScore score, std::vector<flo
 
 std::tuple<at::Tensor, at::Tensor> grouped_topk_gating_cpu(const at::Tensor& logits_in, int64_t k,
                                                            std::string_view scoring,
-                                                           const std::optional<at::Tensor>& bias_in,
-                                                           int64_t num_groups, int64_t topk_groups, bool normalize,
-                                                           double scaling) {
+                                                           const std::optional<at::Tensor>& bias_in, int64_t num_groups,
+                                                           int64_t topk_groups, bool normalize, double scaling) {
   auto [weights, indices] =
       grouped_topk_gating_outputs(logits_in, k, scoring, bias_in, num_groups, topk_groups, normalize, scaling);
   const RouterScore score = parse_router_score("pesc.grouped_topk_gating", scoring);
@@ -82,8 +81,8 @@ at::Tensor grouped_topk_gating_backward_cpu(const at::Tensor& grad_weights_in, c
   const GroupedTopkParams p = grouped_topk_params(logits, k, score, 1, 1, normalize, scaling);
   const int32_t* idx = indices.data_ptr<int32_t>();
   for (int64_t s = 0; s < indices.numel(); ++s) {
-    TORCH_CHECK_INDEX(idx[s] >= 0 && idx[s] < E, op, ": indices holds expert id ", idx[s], " at [", s / k, ", ",
-                      s % k, "], outside [0, num_experts=", E, ")");
+    TORCH_CHECK_INDEX(idx[s] >= 0 && idx[s] < E, op, ": indices holds expert id ", idx[s], " at [", s / k, ", ", s % k,
+                      "], outside [0, num_experts=", E, ")");
   }
   const float* gw = grad_weights.data_ptr<float>();
   PESC_DTYPE_SWITCH(dtype_of(logits), HostTypes, [&] {
@@ -113,8 +112,8 @@ at::Tensor grouped_topk_gating_backward_cpu(const at::Tensor& grad_weights_in, c
         for (int64_t e = 0; e < E; ++e)
           row[e] = static_cast<scalar_t>(score == RouterScore::Sigmoid ? 0.f : softmax_grad(scores[e], 0.f, dot_ud));
         for (int64_t j = 0; j < k; ++j) {
-          const float grad = score == RouterScore::Sigmoid ? sigmoid_logit_grad(u[j], du[j])
-                                                           : softmax_grad(u[j], du[j], dot_ud);
+          const float grad =
+              score == RouterScore::Sigmoid ? sigmoid_logit_grad(u[j], du[j]) : softmax_grad(u[j], du[j], dot_ud);
           row[row_idx[j]] = static_cast<scalar_t>(grad);
         }
       }

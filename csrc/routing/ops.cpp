@@ -38,8 +38,12 @@ RouterScore parse_router_score(const char* op, std::string_view scoring) {
 
 GroupedTopkParams grouped_topk_params(const at::Tensor& logits, int64_t k, RouterScore score, int64_t num_groups,
                                       int64_t topk_groups, bool normalize, double scaling) {
-  return {static_cast<int>(logits.size(1)), static_cast<int>(k), static_cast<int>(num_groups),
-          static_cast<int>(topk_groups),    score,                normalize,
+  return {static_cast<int>(logits.size(1)),
+          static_cast<int>(k),
+          static_cast<int>(num_groups),
+          static_cast<int>(topk_groups),
+          score,
+          normalize,
           static_cast<float>(scaling)};
 }
 
@@ -54,10 +58,10 @@ std::tuple<at::Tensor, at::Tensor> grouped_topk_gating_outputs(const at::Tensor&
   check_scaling(op, scaling);
   const c10::SymInt& T = logits.sym_size(0);
   const c10::SymInt& E = logits.sym_size(1);
-  TORCH_CHECK_VALUE(num_groups >= 1 && E % num_groups == 0, op, ": num_groups must be >= 1 and divide E=", E,
-                    ", got ", num_groups);
-  TORCH_CHECK_VALUE(topk_groups >= 1 && topk_groups <= num_groups, op, ": topk_groups must be in [1, num_groups=",
-                    num_groups, "], got ", topk_groups);
+  TORCH_CHECK_VALUE(num_groups >= 1 && E % num_groups == 0, op, ": num_groups must be >= 1 and divide E=", E, ", got ",
+                    num_groups);
+  TORCH_CHECK_VALUE(topk_groups >= 1 && topk_groups <= num_groups, op,
+                    ": topk_groups must be in [1, num_groups=", num_groups, "], got ", topk_groups);
   const c10::SymInt eligible = E / num_groups * topk_groups;
   TORCH_CHECK_VALUE(k >= 1 && eligible >= k, op, ": k must be in [1, topk_groups * E / num_groups = ", eligible,
                     "], got k=", k);
