@@ -251,16 +251,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> grouped_mm_backward_cpu(const at:
   return {grad_x, grad_w, grad_bias};
 }
 
-// Runs row(kind, type_tag, n) for every row n of h [N, 2F] in parallel, with the gated kind a
-// compile-time constant and type_tag a null scalar_t* naming the storage type. Each call writes one
-// output row only, so rows never share a writer.
-template <typename Row>
-void for_each_gated_row(const at::Tensor& h, int64_t F, const GatedKind& kind, const Row& row) {
+// Runs rows(kind, interleaved, type_tag, begin, end) over the rows of h [N, 2F] in parallel, with
+// the gated kind and the layout compile-time constants (the loops over a row then vectorise) and
+// type_tag a null scalar_t* naming the storage type. Each row of the output has one writer.
+template <typename Rows>
+void for_each_gated_rows(const at::Tensor& h, int64_t F, const GatedKind& kind, bool interleaved, const Rows& rows) {
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(F, 1));
   PESC_DTYPE_SWITCH(dtype_of(h), HostTypes, [&] {
-    with_gated_kind(kind, [&](auto k) {
-      at::parallel_for(0, h.size(0), grain, [&](int64_t begin, int64_t end) {
-        for (int64_t n = begin; n < end; ++n) row(k, static_cast<scalar_t*>(nullptr), n);
+    PESC_BOOL_SWITCH(interleaved, INTERLEAVED, [&] {
+      with_gated_kind(kind, [&](auto k) {
+        at::parallel_for(0, h.size(0), grain, [&](int64_t begin, int64_t end) {
+          rows(k, std::integral_constant<bool, INTERLEAVED>{}, static_cast<scalar_t*>(nullptr), begin, end);
+        });
       });
     });
   });
@@ -272,15 +274,18 @@ at::Tensor gated_activation_cpu(const at::Tensor& h_in, std::string_view activat
   const GatedKind kind = parse_gated_kind("pesc.gated_activation", activation, limit, alpha);
   const at::Tensor h = h_in.contiguous();
   const int64_t F = a.size(1);
-  for_each_gated_row(h, F, kind, [&](auto k, auto* tag, int64_t n) {
+  for_each_gated_rows(h, F, kind, interleaved, [&](auto k, auto il, auto* tag, int64_t begin, int64_t end) {
     using scalar_t = std::remove_pointer_t<decltype(tag)>;
     constexpr int KIND = decltype(k)::value;
-    const scalar_t* h_row = h.data_ptr<scalar_t>() + n * 2 * F;
-    scalar_t* a_row = a.data_ptr<scalar_t>() + n * F;
-    for (int64_t f = 0; f < F; ++f) {
-      const float g = static_cast<float>(h_row[gate_column(f, F, interleaved)]);
-      const float u = static_cast<float>(h_row[up_column(f, F, interleaved)]);
-      a_row[f] = static_cast<scalar_t>(gated_value<KIND>(g, u, kind));
+    constexpr bool IL = decltype(il)::value;
+    for (int64_t n = begin; n < end; ++n) {
+      const scalar_t* h_row = h.data_ptr<scalar_t>() + n * 2 * F;
+      scalar_t* a_row = a.data_ptr<scalar_t>() + n * F;
+      for (int64_t f = 0; f < F; ++f) {
+        const float g = static_cast<float>(h_row[gate_column(f, F, IL)]);
+        const float u = static_cast<float>(h_row[up_column(f, F, IL)]);
+        a_row[f] = static_cast<scalar_t>(gated_value<KIND>(g, u, kind));
+      }
     }
   });
   return a;
@@ -292,18 +297,21 @@ at::Tensor gated_activation_backward_cpu(const at::Tensor& grad_a_in, const at::
   const GatedKind kind = parse_gated_kind("pesc.gated_activation_backward", activation, limit, alpha);
   const at::Tensor h = h_in.contiguous(), grad_a = grad_a_in.contiguous();
   const int64_t F = grad_a.size(1);
-  for_each_gated_row(h, F, kind, [&](auto k, auto* tag, int64_t n) {
+  for_each_gated_rows(h, F, kind, interleaved, [&](auto k, auto il, auto* tag, int64_t begin, int64_t end) {
     using scalar_t = std::remove_pointer_t<decltype(tag)>;
     constexpr int KIND = decltype(k)::value;
-    const scalar_t* h_row = h.data_ptr<scalar_t>() + n * 2 * F;
-    const scalar_t* ga_row = grad_a.data_ptr<scalar_t>() + n * F;
-    scalar_t* out_row = grad_h.data_ptr<scalar_t>() + n * 2 * F;
-    for (int64_t f = 0; f < F; ++f) {
-      const int64_t gc = gate_column(f, F, interleaved), uc = up_column(f, F, interleaved);
-      const GatedGrad d = gated_grad<KIND>(static_cast<float>(h_row[gc]), static_cast<float>(h_row[uc]),
-                                           static_cast<float>(ga_row[f]), kind);
-      out_row[gc] = static_cast<scalar_t>(d.dg);
-      out_row[uc] = static_cast<scalar_t>(d.du);
+    constexpr bool IL = decltype(il)::value;
+    for (int64_t n = begin; n < end; ++n) {
+      const scalar_t* h_row = h.data_ptr<scalar_t>() + n * 2 * F;
+      const scalar_t* ga_row = grad_a.data_ptr<scalar_t>() + n * F;
+      scalar_t* out_row = grad_h.data_ptr<scalar_t>() + n * 2 * F;
+      for (int64_t f = 0; f < F; ++f) {
+        const int64_t gc = gate_column(f, F, IL), uc = up_column(f, F, IL);
+        const GatedGrad d = gated_grad<KIND>(static_cast<float>(h_row[gc]), static_cast<float>(h_row[uc]),
+                                             static_cast<float>(ga_row[f]), kind);
+        out_row[gc] = static_cast<scalar_t>(d.dg);
+        out_row[uc] = static_cast<scalar_t>(d.du);
+      }
     }
   });
   return grad_h;
