@@ -244,6 +244,51 @@ def test_expert_parallel_sentinels_are_dropped():
     torch.testing.assert_close(experts(x, ids, weights), one_slot, rtol=1e-6, atol=1e-6)
 
 
+def test_ungated_experts_with_bias_and_post_expert_norm():
+    """has_gate=False (up_proj and act_fn), has_bias and has_post_expert_norm, on an experts class of
+    the shape transformers' decorator expects, against its eager loop and the grouped_mm backend."""
+    from transformers.integrations.moe import use_experts_implementation
+
+    @use_experts_implementation(has_gate=False, has_bias=True, has_post_expert_norm=True)
+    class UngatedExperts(torch.nn.Module):
+        def __init__(self, config):
+            super().__init__()
+            E, d, F = 5, 12, 20
+            self.num_experts = E
+            self.up_proj = torch.nn.Parameter(torch.randn(E, F, d) * 0.3)
+            self.up_proj_bias = torch.nn.Parameter(torch.randn(E, F) * 0.3)
+            self.down_proj = torch.nn.Parameter(torch.randn(E, d, F) * 0.3)
+            self.down_proj_bias = torch.nn.Parameter(torch.randn(E, d) * 0.3)
+            self.act_fn = torch.nn.ReLU()
+            self.post_expert_norm = torch.nn.LayerNorm(d)
+
+        def forward(self, hidden_states, top_k_index, top_k_weights):
+            out = torch.zeros_like(hidden_states)
+            for t in range(hidden_states.shape[0]):
+                for j, e in enumerate(top_k_index[t].tolist()):
+                    h = self.act_fn(self.up_proj[e] @ hidden_states[t] + self.up_proj_bias[e])
+                    y = self.post_expert_norm(self.down_proj[e] @ h + self.down_proj_bias[e])
+                    out[t] = out[t] + top_k_weights[t, j] * y
+            return out
+
+    torch.manual_seed(6)
+    experts = UngatedExperts(transformers.PretrainedConfig())
+    x = torch.randn(9, 12)
+    ids = torch.stack([torch.randperm(5)[:2] for _ in range(9)])
+    weights = torch.rand(9, 2)
+    results = {}
+    for implementation in ("eager", "grouped_mm", "pesc"):
+        experts.config._experts_implementation = implementation
+        leaf = x.clone().requires_grad_()
+        out = experts(leaf, ids, weights)
+        grads = torch.autograd.grad(out.square().sum(), [leaf, *experts.parameters()])
+        results[implementation] = (out, grads)
+    for implementation in ("grouped_mm", "pesc"):
+        torch.testing.assert_close(results[implementation][0], results["eager"][0], rtol=1e-5, atol=1e-6)
+        for a, b in zip(results[implementation][1], results["eager"][1]):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
 def test_flags_and_refusals():
     model = make_model("deepseek_v3")
     router = model.model.layers[1].mlp.gate

@@ -1,8 +1,9 @@
 """Benchmark cases for Hugging Face MoE blocks on the pesc backend (docs/design.md, "Hugging Face MoE models").
 
 One Mixtral sparse MoE block (``MixtralSparseMoeBlock``: router + experts, Hugging Face's weight
-layout) per case, forward or forward+backward with gradients for the input and every parameter,
-as inside a training step. Candidates (the first is the baseline):
+layout) per case: the forward alone (under torch.no_grad, as in inference) or forward+backward
+with gradients for the input and every parameter, as inside a training step. Candidates (the
+first is the baseline):
 
   hf_grouped_mm  transformers' default experts implementation ("grouped_mm": torch's grouped GEMM
                  on sorted rows, the gate/up split and combine in plain PyTorch)

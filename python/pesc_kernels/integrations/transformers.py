@@ -13,8 +13,8 @@ layout (output-major ``[E, out, in]`` by default, input-major when ``is_transpos
 copied)::
 
     x_perm, row_map, offsets = permute(x, top_k_index, E)                   # int64 ids as they come
-    h = grouped_mm(x_perm, gate_up_proj, offsets, gate_up_proj_bias)        # [T*k, 2F]
-    a = gated_activation(h, act, interleaved=not is_concatenated)           # act(gate) * up, one pass
+    h = grouped_mm(x_perm, gate_up_proj, offsets, gate_up_proj_bias)        # [T*k, 2F], w read in place
+    a = gated_activation(h, act)                                            # act(gate) * up, one pass
     y = grouped_mm(a, down_proj, offsets, down_proj_bias)                   # [T*k, d]
     out = unpermute(y, row_map, top_k_weights)                              # fp32 combine, any weight dtype
 
@@ -29,6 +29,8 @@ op. transformers is an optional dependency: ``pip install 'pesc_kernels[hf]'``.
 """
 from __future__ import annotations
 
+import functools
+import importlib
 import types
 
 import torch
@@ -126,10 +128,9 @@ _hf_moe.ExpertsInterface.register(BACKEND, pesc_experts_forward)
 
 
 # ---------------------------------------------------------------------------------------- routers
+@functools.lru_cache(maxsize=None)
 def _optional_class(module_name: str, class_name: str):
     """A transformers class, or None when this transformers version does not have it."""
-    import importlib
-
     try:
         return getattr(importlib.import_module(module_name), class_name)
     except (ImportError, AttributeError):
