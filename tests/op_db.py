@@ -213,11 +213,77 @@ def _large_router(device, dtype):
     return _router_inputs(9000, 64, 4, dtype, device, seed=3)
 
 
+# ------------------------------------------------------------------------------ grouped top-k routing
+def _grouped_topk_samples(device, dtype):
+    logits, _, _ = _router_inputs(37, 16, 3, dtype, device)
+    bias = torch.randn(16, generator=_gen(5)).mul(0.1).to(device)
+    return [(logits, 3, "softmax", None, 1, 1, True, 1.0), (logits, 3, "sigmoid", bias, 4, 2, True, 2.5),
+            (logits, 4, "sigmoid", bias, 8, 3, False, 1.0), (logits, 8, "softmax", bias, 2, 1, False, 0.5),
+            (logits[:1], 16, "sigmoid", None, 1, 1, True, 1.0), (logits[:0], 2, "softmax", None, 4, 4, True, 1.0),
+            (logits, 3)]
+
+
+def _grouped_topk_backward_samples(device, dtype):
+    samples = []
+    for scoring, normalize, scaling in (("softmax", True, 1.0), ("sigmoid", True, 2.5), ("sigmoid", False, 1.5),
+                                        ("softmax", False, 1.0)):
+        logits, _, _ = _router_inputs(37, 16, 3, dtype, device, seed=2)
+        weights, indices = torch.ops.pesc.grouped_topk_gating(logits.detach(), 3, scoring, None, 4, 2, normalize,
+                                                              scaling)
+        samples.append((torch.randn_like(weights), logits.detach(), indices, scoring, normalize, scaling))
+    return samples
+
+
+def _grouped_topk_bad_inputs(device):
+    logits = torch.randn(5, 8, device=device)
+    idx = torch.zeros(5, 2, dtype=torch.int32, device=device)
+    bad_ids = idx.clone()
+    bad_ids[3, 1] = 8
+    return {
+        "grouped_topk_gating": [
+            BadInput((logits[0], 2), ValueError, r"pesc.grouped_topk_gating: logits must be a 2-D tensor"),
+            BadInput((logits, 2, "tanh"), ValueError, "unknown scoring 'tanh'; valid: softmax, sigmoid"),
+            BadInput((logits, 2, "sigmoid", None, 3), ValueError, "num_groups must be >= 1 and divide E=8, got 3"),
+            BadInput((logits, 2, "sigmoid", None, 4, 5), ValueError, r"topk_groups must be in \[1, num_groups=4\]"),
+            BadInput((logits, 5, "sigmoid", None, 4, 2), ValueError,
+                     r"k must be in \[1, topk_groups \* E / num_groups = 4\], got k=5"),
+            BadInput((logits, 2, "sigmoid", torch.zeros(7, device=device)), ValueError,
+                     r"bias.shape\[0\] must equal the number of experts E of logits \(8\)"),
+            BadInput((logits, 2, "sigmoid", torch.zeros(8, device=device).half()), TypeError, "bias must be Float"),
+            BadInput((logits, 2, "sigmoid", None, 1, 1, True, float("inf")), ValueError, "scaling must be finite"),
+        ],
+        "grouped_topk_gating_backward": [
+            BadInput((torch.zeros(5, 3, device=device), logits, idx, "sigmoid", True, 1.0), ValueError,
+                     "grad_weights must have the shape of indices"),
+            BadInput((torch.zeros(5, 2, device=device), logits, idx.long(), "sigmoid", True, 1.0), TypeError,
+                     "indices must be Int"),
+            BadInput((torch.zeros(5, 2, device=device), logits, bad_ids, "sigmoid", True, 1.0), IndexError,
+                     r"indices holds expert id 8 at \[3, 1\]", reads_data=True),
+        ],
+    }
+
+
+def _large_grouped_topk(device, dtype):
+    logits = _router_inputs(9000, 64, 4, dtype, device, seed=3)[0]
+    bias = torch.randn(64, generator=_gen(6)).mul(0.1).to(device)
+    return (logits, 6, "sigmoid", bias, 8, 4, True, 2.5)
+
+
 # -------------------------------------------------------------------------------------- permutation
+def _with_invalid_ids(indices, E):
+    """int64 ids with some outside [0, E) (expert-parallel sentinels and negative ids)."""
+    ids = indices.long().clone()
+    ids.view(-1)[::5] = E
+    ids.view(-1)[3::7] = -1
+    return ids
+
+
 def _permute_samples(device, dtype):
     x = _randn((23, 12), dtype, device, 0, grad=True)
-    return [(x, _indices(23, 6, 3, device), 6), (x[:1], _indices(1, 1, 1, device), 1),
-            (x[:0], _indices(0, 4, 2, device), 4), (x[:9, :1], _indices(9, 1024, 8, device), 1024)]
+    idx = _indices(23, 6, 3, device)
+    return [(x, idx, 6), (x[:1], _indices(1, 1, 1, device), 1),
+            (x[:0], _indices(0, 4, 2, device), 4), (x[:9, :1], _indices(9, 1024, 8, device), 1024),
+            (x, idx.long(), 6, False), (x, _with_invalid_ids(idx, 6), 6, True), (x, idx, 6, True)]
 
 
 def _unpermute_samples(device, dtype):
@@ -227,7 +293,11 @@ def _unpermute_samples(device, dtype):
     y_perm = x_perm.clone().requires_grad_(True)
     weights = torch.rand(T, k, generator=_gen(2)).to(device).requires_grad_(True)
     residual = _randn((T, d), dtype, device, 4, grad=True)
-    return [(y_perm, row_map, w, r) for w in (None, weights) for r in (None, residual)]
+    # Weights in the rows' dtype (as transformers' Qwen routers return them), and dropped slots.
+    weights_same = weights.detach().to(dtype).requires_grad_(True)
+    dropped_perm, dropped_map, _ = torch.ops.pesc.permute(x, _with_invalid_ids(_indices(T, E, k, device), E), E, True)
+    return [(y_perm, row_map, w, r) for w in (None, weights) for r in (None, residual)] + [
+        (y_perm, row_map, weights_same, None), (dropped_perm.clone().requires_grad_(True), dropped_map, weights, None)]
 
 
 def _unpermute_backward_samples(device, dtype):
@@ -236,7 +306,9 @@ def _unpermute_backward_samples(device, dtype):
     x_perm, row_map, _ = torch.ops.pesc.permute(x, _indices(T, E, k, device), E)
     weights = torch.rand(T, k, generator=_gen(2)).to(device)
     grad_y = _randn((T, d), dtype, device, 6)
-    return [(grad_y, row_map, w, y) for w in (None, weights) for y in (None, x_perm)]
+    dropped_perm, dropped_map, _ = torch.ops.pesc.permute(x, _with_invalid_ids(_indices(T, E, k, device), E), E, True)
+    return [(grad_y, row_map, w, y) for w in (None, weights) for y in (None, x_perm)] + [
+        (grad_y, row_map, weights.to(dtype), x_perm), (grad_y, dropped_map, weights, dropped_perm)]
 
 
 def _permute_bad_inputs(device):
@@ -254,7 +326,7 @@ def _permute_bad_inputs(device):
         "permute": [
             BadInput((x[0], idx, E), ValueError, r"pesc.permute: x must be a 2-D tensor \[T, d\]"),
             BadInput((x.long(), idx, E), TypeError, "x must be float32, float16 or bfloat16"),
-            BadInput((x, idx.long(), E), TypeError, "indices must be Int"),
+            BadInput((x, idx.float(), E), TypeError, "indices must be Int or Long, got Float"),
             BadInput((x, idx[:3], E), ValueError, r"indices.shape\[0\] must equal the number of tokens T of x"),
             BadInput((x, idx[:, :0], E), ValueError, r"indices.shape\[1\] \(k\) must be >= 1"),
             BadInput((x, idx, 0), ValueError, r"num_experts must be in \[1, 1024\], got 0"),
@@ -269,7 +341,8 @@ def _permute_bad_inputs(device):
                      r"\(10\)"),
             BadInput((y_perm, row_map.long(), None, None), TypeError, "row_map must be Int"),
             BadInput((y_perm, row_map, w[:, :1], None), ValueError, r"weights must have the shape of row_map"),
-            BadInput((y_perm, row_map, w.double(), None), TypeError, "weights must be Float"),
+            BadInput((y_perm, row_map, w.double(), None), TypeError,
+                     "weights must be float32, float16 or bfloat16, got Double"),
             BadInput((y_perm, row_map, None, x[:4]), ValueError,
                      r"residual.shape\[0\] must equal the number of tokens T of row_map \(5\)"),
             BadInput((y_perm, row_map, None, x[:, :3]), ValueError,
@@ -279,6 +352,7 @@ def _permute_bad_inputs(device):
             BadInput((y_perm, repeated, None, None), ValueError, r"row_map holds row \d+ twice", reads_data=True),
         ],
         "unpermute_backward": [
+            BadInput((x, row_map, w.int(), None), TypeError, "weights must be float32, float16 or bfloat16"),
             BadInput((x, row_map[:4], None, None), ValueError,
                      r"pesc.unpermute_backward: row_map.shape\[0\] must equal the number of tokens T of grad_y"),
             BadInput((x, row_map, None, y_perm[:, :2]), ValueError, r"y_perm.shape\[1\] must equal the row width d"),
@@ -289,12 +363,13 @@ def _permute_bad_inputs(device):
 
 def _large_permute(device, dtype):
     T, d, E, k = 4099, 136, 64, 8
-    return (_randn((T, d), dtype, device, 0, grad=True), _indices(T, E, k, device, seed=3), E)
+    return (_randn((T, d), dtype, device, 0, grad=True), _with_invalid_ids(_indices(T, E, k, device, seed=3), E), E,
+            True)
 
 
 def _large_unpermute(device, dtype):
-    x, indices, E = _large_permute(device, dtype)
-    x_perm, row_map, _ = torch.ops.pesc.permute(x.detach(), indices, E)
+    x, indices, E, drop = _large_permute(device, dtype)
+    x_perm, row_map, _ = torch.ops.pesc.permute(x.detach(), indices, E, drop)
     weights = torch.rand(*row_map.shape, generator=_gen(7)).to(device).requires_grad_(True)
     return (x_perm.requires_grad_(True), row_map, weights, _randn(x.shape, dtype, device, 8, grad=True))
 
@@ -308,17 +383,48 @@ def _gemm_inputs(counts, d, r, dtype, device, seed=0):
     return x, w_down, w_up, _offsets(counts, device)
 
 
+def _output_major(w):
+    """The same weights stored output-major ([E, M, K], nn.Linear's and transformers' layout)."""
+    return w.detach().transpose(1, 2).contiguous().requires_grad_(w.requires_grad)
+
+
+def _dropped_offsets(offsets, dropped):
+    """Offsets whose last segment ends `dropped` rows before N (rows permute dropped)."""
+    out = offsets.clone()
+    out[1:] = torch.minimum(out[1:], out[-1] - dropped)
+    return out
+
+
 def _grouped_mm_samples(device, dtype):
     x, w_down, _, offsets = _gemm_inputs([9, 0, 20, 1], 24, 12, dtype, device)
     x0, w0, _, offsets0 = _gemm_inputs([0, 0, 0], 16, 4, dtype, device)
-    return [(x, w_down, offsets), (x.detach(), w_down, offsets), (x0, w0, offsets0)]
+    bias = _randn((4, 12), dtype, device, 7, grad=True)
+    return [(x, w_down, offsets), (x.detach(), w_down, offsets), (x0, w0, offsets0),
+            (x, w_down, offsets, bias), (x, _output_major(w_down), offsets, None, True),
+            (x, _output_major(w_down), _dropped_offsets(offsets, 3), bias, True)]
 
 
 def _grouped_mm_backward_samples(device, dtype):
     x, w_down, _, offsets = _gemm_inputs([9, 0, 20, 1], 24, 12, dtype, device)
     grad_y = _randn((30, 12), dtype, device, 5)
-    return [(grad_y, x.detach(), w_down.detach(), offsets, mask)
-            for mask in ([True, True], [True, False], [False, True])]
+    x, w = x.detach(), w_down.detach()
+    samples = [(grad_y, x, w, offsets, False, mask)
+               for mask in ([True, True, True], [True, False, False], [False, True, False], [False, False, True])]
+    return samples + [(grad_y, x, _output_major(w), offsets, True, [True, True, True]),
+                      (grad_y, x, _output_major(w), _dropped_offsets(offsets, 3), True, [True, True, True])]
+
+
+def _gated_samples(device, dtype):
+    h = _randn((29, 2 * 11), dtype, device, 3, scale=3.0, grad=True)  # beyond the clamp limit
+    return [(h, act, interleaved, 2.5, 1.702) for act in reference.GATED_ACTIVATIONS
+            for interleaved in (False, True)] + [(h[:0], "silu", False, 7.0, 1.702), (h[:1, :2],)]
+
+
+def _gated_backward_samples(device, dtype):
+    h = _randn((29, 2 * 11), dtype, device, 3, scale=3.0)
+    grad_a = _randn((29, 11), dtype, device, 4)
+    return [(grad_a, h, act, interleaved, 2.5, 1.702) for act in ("silu", "gelu", "clamped_swiglu")
+            for interleaved in (False, True)]
 
 
 def _adapter_samples(device, dtype):
@@ -365,12 +471,35 @@ def _gemm_bad_inputs(device):
                      r"expert_offsets.shape\[0\] must equal the number of experts E plus 1 \(4\)"),
             BadInput((x, w, torch.tensor([1, 4, 4, 10], device=device)), ValueError,
                      r"expert_offsets\[0\] must be 0, got 1", reads_data=True),
-            BadInput((x, w, torch.tensor([0, 4, 4, 9], device=device)), ValueError,
-                     r"expert_offsets\[E=3\] must equal the number of rows N=10 of x, got 9", reads_data=True),
+            BadInput((x, w, torch.tensor([0, 4, 4, 11], device=device)), ValueError,
+                     r"expert_offsets\[E=3\] must be <= the number of rows N=10 of x, got 11", reads_data=True),
+            BadInput((x, w, offs, None, True), ValueError,
+                     r"w.shape\[2\] must equal x.shape\[1\] \(K, w_transposed\) \(8\)"),
+            BadInput((x, w, offs, torch.zeros(3, 4, device=device)), ValueError,
+                     r"bias.shape\[1\] must equal the output width M of w \(5\)"),
+            BadInput((x, w, offs, torch.zeros(2, 5, device=device)), ValueError,
+                     r"bias.shape\[0\] must equal w.shape\[0\] \(E\)"),
+            BadInput((x, w, offs, torch.zeros(3, 5, device=device).half()), TypeError,
+                     r"bias must have the dtype of x"),
         ],
         "grouped_mm_backward": [
-            BadInput((x[:, :4], x, w, offs, [True, True]), ValueError,
-                     r"pesc.grouped_mm_backward: grad_y.shape\[1\] must equal w.shape\[2\] \(M\)"),
+            BadInput((x[:, :4], x, w, offs, False, [True, True, True]), ValueError,
+                     r"pesc.grouped_mm_backward: grad_y.shape\[1\] must equal the output width M of w"),
+            BadInput((x[:, :5], x, w.transpose(1, 2), offs, False, [True, True, True]), ValueError,
+                     r"w.shape\[1\] must equal x.shape\[1\] \(K\)"),
+        ],
+        "gated_activation": [
+            BadInput((h[:, :3], "silu", False, 7.0, 1.702), ValueError,
+                     r"pesc.gated_activation: h.shape\[1\] must be even"),
+            BadInput((h, "swiglu", False, 7.0, 1.702), ValueError,
+                     "unknown activation 'swiglu'; valid: gelu, gelu_tanh, silu, relu, identity, clamped_swiglu"),
+            BadInput((h, "clamped_swiglu", True, -1.0, 1.702), ValueError, "limit must be >= 0, got -1"),
+            BadInput((h.int(), "silu", False, 7.0, 1.702), TypeError, "h must be float32, float16 or bfloat16"),
+        ],
+        "gated_activation_backward": [
+            BadInput((h[:, :3], h, "silu", False, 7.0, 1.702), ValueError,
+                     r"grad_a.shape\[1\] must equal h.shape\[1\] / 2 \(F\) \(2\)"),
+            BadInput((h[:, :2].half(), h, "silu", False, 7.0, 1.702), TypeError, "grad_a must have the dtype of h"),
         ],
         "adapter": [
             BadInput((x, w_down, w_up, offs, "tanh", 1.0), ValueError,
@@ -406,7 +535,12 @@ def _large_gemm(device, dtype):
 
 def _large_grouped_mm(device, dtype):
     x, w_down, _, offsets = _large_gemm(device, dtype)
-    return (x, w_down, offsets)
+    bias = _randn((w_down.shape[0], w_down.shape[2]), dtype, device, 9, grad=True)
+    return (x, _output_major(w_down), _dropped_offsets(offsets, 100), bias, True)
+
+
+def _large_gated(device, dtype):
+    return (_randn((3000, 2 * 300), dtype, device, 5, scale=3.0, grad=True), "clamped_swiglu", True, 7.0, 1.702)
 
 
 def _large_adapter(device, dtype):
@@ -459,6 +593,16 @@ OP_DB = [
     OpInfo("unpermute", _unpermute_samples, _bad(_permute_bad_inputs, "unpermute"), public=ops.unpermute,
            reference=reference.unpermute, thread_invariant=True, large_sample=_large_unpermute),
     OpInfo("unpermute_backward", _unpermute_backward_samples, _bad(_permute_bad_inputs, "unpermute_backward"),
+           thread_invariant=True),
+    OpInfo("grouped_topk_gating", _grouped_topk_samples, _bad(_grouped_topk_bad_inputs, "grouped_topk_gating"),
+           public=ops.grouped_topk_gating, reference=reference.grouped_topk_gating, thread_invariant=True,
+           large_sample=_large_grouped_topk),
+    OpInfo("grouped_topk_gating_backward", _grouped_topk_backward_samples,
+           _bad(_grouped_topk_bad_inputs, "grouped_topk_gating_backward"), thread_invariant=True),
+    OpInfo("gated_activation", _gated_samples, _bad(_gemm_bad_inputs, "gated_activation"),
+           public=ops.gated_activation, reference=reference.gated_activation, thread_invariant=True,
+           large_sample=_large_gated),
+    OpInfo("gated_activation_backward", _gated_backward_samples, _bad(_gemm_bad_inputs, "gated_activation_backward"),
            thread_invariant=True),
     OpInfo("grouped_mm", _grouped_mm_samples, _bad(_gemm_bad_inputs, "grouped_mm"), public=ops.grouped_mm,
            reference=reference.grouped_mm, thread_invariant=True,

@@ -1,11 +1,13 @@
-"""Grouped GEMMs on expert segments (grouped_mm, adapter) against the reference loop, on every device.
+"""Grouped GEMMs on expert segments (grouped_mm, adapter) and the gated activation against the reference.
 
 Covers values and all gradients over odd segmentations (empty experts, one expert holding every row,
 N = 0, E = 64 with N = 50, segments straddling 64-row tiles), d not a multiple of 8, ranks 1 to
 1024 (both CUDA adapter paths: fused for r <= 128, two-pass above), every activation, all dtypes,
-partial gradients (output_mask), non-contiguous inputs, and on CUDA offset clamping and TF32. The
-generic contract (opcheck, torch.compile, determinism, bad input, mixed devices, fallback) is
-tests/test_op_contract.py.
+partial gradients (output_mask), non-contiguous inputs, and on CUDA offset clamping and TF32;
+grouped_mm with output-major weights (w_transposed) and a per-expert bias, rows past offsets[E]
+(dropped slots: zero outputs, no weight-gradient contribution), and gated_activation for every
+activation in both layouts, its clamp edges and NaN. The generic contract (opcheck, torch.compile,
+determinism, bad input, mixed devices, fallback) is tests/test_op_contract.py.
 """
 import pytest
 import torch
@@ -25,6 +27,7 @@ SEGMENTS = {
     "tile_straddle": ([63, 64, 65, 1, 127], 130),
 }
 ACTIVATION_NAMES = ["gelu", "gelu_tanh", "silu", "relu", "identity"]
+GATED_NAMES = ACTIVATION_NAMES + ["clamped_swiglu"]
 
 
 def offsets_of(counts, device):
@@ -93,6 +96,128 @@ def test_grouped_mm_matches_reference(segments, dtype, device):
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
 @pytest.mark.parametrize("segments", SEGMENTS, ids=str)
+def test_grouped_mm_output_major_with_bias_matches_reference(segments, dtype, device):
+    """w [E, M, K] read transposed in place (no copy) and a per-expert bias, with every gradient."""
+    counts, K = SEGMENTS[segments]
+    for M in (1, 24, 77):
+        gen = torch.Generator().manual_seed(M + 1)
+        N, E = sum(counts), len(counts)
+        x = make((N, K), dtype, device, gen)
+        w = make((E, M, K), dtype, device, gen, K ** -0.5)
+        bias = make((E, M), dtype, device, gen)
+        offsets = offsets_of(counts, device)
+        upstream = torch.randn(N, M, generator=gen, dtype=torch.float64).to(device)
+        check_against_reference(lambda a, b, c: ops.grouped_mm(a, b, offsets, c, w_transposed=True),
+                                lambda a, b, c: reference.grouped_mm(a, b, offsets, c, w_transposed=True),
+                                [x, w, bias], upstream, f"{segments} K={K} M={M} {dtype} output-major + bias")
+
+
+def test_output_major_weights_are_not_copied(device):
+    """A transposed view is all grouped_mm reads: the same bits as the input-major weights, forward
+    and backward, and no [E, K, M] copy is allocated (the peak stays far below the weights' size)."""
+    counts, K, M = [300, 0, 212], 256, 384
+    gen = torch.Generator().manual_seed(0)
+    x = make((sum(counts), K), torch.float32, device, gen)
+    w = make((3, K, M), torch.float32, device, gen, K ** -0.5)
+    w_out = w.transpose(1, 2).contiguous()
+    offsets = offsets_of(counts, device)
+    torch.testing.assert_close(ops.grouped_mm(x, w_out, offsets, w_transposed=True), ops.grouped_mm(x, w, offsets))
+    gy = make((sum(counts), M), torch.float32, device, gen)
+    gx_t, gw_t, _ = torch.ops.pesc.grouped_mm_backward(gy, x, w_out, offsets, True, [True, True, False])
+    gx, gw, _ = torch.ops.pesc.grouped_mm_backward(gy, x, w, offsets, False, [True, True, False])
+    torch.testing.assert_close(gx_t, gx)
+    torch.testing.assert_close(gw_t, gw.transpose(1, 2))
+    if device.type == "cpu":
+        from pesc_kernels.bench.memory import peak_memory_bytes
+
+        peak = peak_memory_bytes(lambda: ops.grouped_mm(x, w_out, offsets, w_transposed=True), device)
+        output_bytes = sum(counts) * M * 4
+        assert peak < output_bytes + w.numel() * w.element_size() // 2, peak  # a copy of w would add all of it
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+def test_rows_past_the_last_offset_are_dropped(dtype, device):
+    """Rows offsets[E] .. N (slots permute dropped) belong to no expert: zero outputs, zero input
+    gradients, no contribution to weight or bias gradients, in grouped_mm and adapter alike."""
+    counts, K, M, dropped = [13, 0, 40, 7], 24, 10, 9
+    gen = torch.Generator().manual_seed(2)
+    N, E = sum(counts) + dropped, len(counts)
+    x = make((N, K), dtype, device, gen)
+    w = make((E, M, K), dtype, device, gen, K ** -0.5)
+    bias = make((E, M), dtype, device, gen)
+    offsets = offsets_of(counts, device)
+    assert offsets[-1] == N - dropped
+    upstream = torch.randn(N, M, generator=gen, dtype=torch.float64).to(device)
+    check_against_reference(lambda a, b, c: ops.grouped_mm(a, b, offsets, c, w_transposed=True),
+                            lambda a, b, c: reference.grouped_mm(a, b, offsets, c, w_transposed=True),
+                            [x, w, bias], upstream, f"dropped rows {dtype}")
+    leaves = [t.clone().requires_grad_() for t in (x, w, bias)]
+    y = ops.grouped_mm(leaves[0], leaves[1], offsets, leaves[2], w_transposed=True)
+    y.backward(upstream.to(dtype))
+    assert torch.equal(y[N - dropped:], torch.zeros_like(y[N - dropped:]))
+    assert torch.equal(leaves[0].grad[N - dropped:], torch.zeros_like(leaves[0].grad[N - dropped:]))
+    # The weight and bias gradients equal those of the kept rows alone.
+    kept = [t.clone().requires_grad_() for t in (x[: N - dropped], w, bias)]
+    ops.grouped_mm(kept[0], kept[1], offsets, kept[2], w_transposed=True).backward(upstream[: N - dropped].to(dtype))
+    assert torch.equal(leaves[1].grad, kept[1].grad) and torch.equal(leaves[2].grad, kept[2].grad)
+    x_a, w_down, w_up, _, up_a = adapter_inputs([20, 0, 11], 16, 8, dtype, device)
+    check_against_reference(lambda a, b, c: ops.adapter(a, b, c, offsets_of([20, 0, 6], device), "silu", 0.5),
+                            lambda a, b, c: reference.adapter(a, b, c, offsets_of([20, 0, 6], device), "silu", 0.5),
+                            [x_a, w_down, w_up], up_a, f"adapter dropped rows {dtype}")
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+@pytest.mark.parametrize("interleaved", [False, True], ids=["concatenated", "interleaved"])
+@pytest.mark.parametrize("activation", GATED_NAMES)
+def test_gated_activation_matches_reference(activation, interleaved, dtype, device):
+    for N, F in ((0, 5), (1, 1), (37, 13), (130, 64)):
+        gen = torch.Generator().manual_seed(N + F)
+        h = make((N, 2 * F), dtype, device, gen, scale=4.0)  # past the clamp limit of 3 below
+        upstream = torch.randn(N, F, generator=gen, dtype=torch.float64).to(device)
+        check_against_reference(lambda t: ops.gated_activation(t, activation, interleaved, 3.0, 1.5),
+                                lambda t: reference.gated_activation(t, activation, interleaved, 3.0, 1.5),
+                                [h], upstream, f"{activation} interleaved={interleaved} N={N} F={F} {dtype}")
+
+
+def test_gated_activation_edges(device):
+    """At and beyond the clamp bounds no gradient passes, as with torch.clamp; NaN stays NaN."""
+    limit = 2.0
+    gate = torch.tensor([-50.0, -limit, 0.0, limit, limit + 1e-3, 50.0, float("nan"), 1.0], device=device)
+    up = torch.tensor([-limit - 1e-3, -limit, 0.5, limit, 3.0, -1.0, 1.0, float("nan")], device=device)
+    for interleaved in (False, True):
+        h = torch.stack([gate, up], 1).reshape(1, -1) if interleaved else torch.cat([gate, up])[None]
+        for activation in GATED_NAMES:
+            ours = h.clone().requires_grad_()
+            ref = h.clone().requires_grad_()
+            a = ops.gated_activation(ours, activation, interleaved, limit, 1.702)
+            b = reference.gated_activation(ref, activation, interleaved, limit, 1.702)
+            torch.testing.assert_close(a, b, equal_nan=True, msg=activation)
+            a.backward(torch.ones_like(a))
+            b.backward(torch.ones_like(b))
+            torch.testing.assert_close(ours.grad, ref.grad, equal_nan=True, msg=activation)
+
+
+def test_gated_activation_sigmoid_accuracy(device):
+    """SwiGLU's sigmoid (a polynomial exp that vectorises on CPU) stays within a few ulp of fp64
+    (the clamped variant also rounds alpha * gate to fp32 first, as torch does: ~1e-5 at |alpha g| ~ 70)."""
+    gate = torch.linspace(-100.0, 100.0, 200001, device=device)
+    h = torch.stack([gate, torch.ones_like(gate)], 1).reshape(1, -1)  # interleaved, up = 1
+    for activation, expected, rtol in (
+            ("silu", torch.nn.functional.silu(gate.double()), 4e-7),
+            ("clamped_swiglu", reference.gated_activation(h.double(), "clamped_swiglu", True), 1e-5)):
+        got = ops.gated_activation(h, activation, True).double().reshape(-1)
+        expected = expected.reshape(-1)
+        assert ((got - expected).abs() <= rtol * expected.abs() + 1e-30).all(), activation
+
+
+def test_gated_activation_names():
+    assert ops.GATED_ACTIVATIONS == tuple(GATED_NAMES)
+    with pytest.raises(ValueError, match="unknown activation 'swish'; valid: " + ", ".join(GATED_NAMES) + "$"):
+        ops.gated_activation(torch.zeros(2, 4), "swish")
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+@pytest.mark.parametrize("segments", SEGMENTS, ids=str)
 def test_adapter_segments_match_reference(segments, dtype, device):
     counts, d = SEGMENTS[segments]
     for r in (1, 16, 64, 130):
@@ -154,9 +279,9 @@ def test_partial_gradients(dtype, device):
                                              [False, True, False])
     assert masked[0].shape == (0,) and masked[2].shape == (0,) and torch.equal(masked[1], full[1])
     w = torch.randn(3, d, 5, device=device, dtype=dtype)
-    gx, gw = torch.ops.pesc.grouped_mm_backward(torch.ones(sum(counts), 5, device=device, dtype=dtype), x, w,
-                                                offsets, [True, False])
-    assert gx.shape == x.shape and gw.shape == (0,)
+    gx, gw, gb = torch.ops.pesc.grouped_mm_backward(torch.ones(sum(counts), 5, device=device, dtype=dtype), x, w,
+                                                    offsets, False, [True, False, False])
+    assert gx.shape == x.shape and gw.shape == (0,) and gb.shape == (0,)
 
 
 def test_adapter_returns_pre_activation(device):
@@ -191,12 +316,12 @@ if torch.cuda.is_available():
     def test_cuda_invalid_offsets_are_clamped():
         """CUDA cannot check offsets without a host sync: it clamps them (documented) and stays in bounds.
 
-        c[0] = 0, c[e] = min(N, max(0, offsets[0..e])) for 0 < e < E, c[E] = N.
+        c[0] = 0, c[e] = min(N, max(0, offsets[0..e])) for 0 < e <= E; rows c[E] .. N are dropped (zero).
         """
         N, d, r = 40, 16, 8
         x = torch.randn(N, d, device="cuda")
         w_down, w_up = torch.randn(4, d, r, device="cuda"), torch.randn(4, r, d, device="cuda")
-        for bad, clamped in (([3, 10, 5, 50, 38], [0, 10, 10, 40, 40]), ([-4, -2, 20, 20, 7], [0, 0, 20, 20, 40])):
+        for bad, clamped in (([3, 10, 5, 50, 38], [0, 10, 10, 40, 40]), ([-4, -2, 20, 20, 7], [0, 0, 20, 20, 20])):
             offsets = torch.tensor(bad, device="cuda")
             expected = reference.adapter(x, w_down, w_up, torch.tensor(clamped, device="cuda"))
             torch.testing.assert_close(ops.adapter(x, w_down, w_up, offsets), expected)

@@ -2,9 +2,10 @@
 
 Covers values and gradients over odd shapes (T = 0 and 1, d = 1 and not a multiple of 8, E = 1 and
 1024, k up to E and beyond, experts with no rows) and all dtypes, the stable (t, j) order, the
-round trip, unaligned rows, and invalid expert ids and row maps (CPU raises, CUDA clamps). The
-generic contract (opcheck, torch.compile, determinism, bad input, mixed devices, fallback) is
-tests/test_op_contract.py.
+round trip, unaligned rows, and invalid expert ids and row maps (CPU raises, CUDA clamps); int64
+ids, routing weights in every float dtype, and dropped slots (drop_invalid: ids outside [0, E) go
+to no expert, identically on every device). The generic contract (opcheck, torch.compile,
+determinism, bad input, mixed devices, fallback) is tests/test_op_contract.py.
 """
 import pytest
 import torch
@@ -221,3 +222,86 @@ def test_invalid_row_map_cpu():
         with pytest.raises(ValueError, match=r"row_map holds row 1 twice \(again at \[3, 0\]\)"):
             fn(repeated)
 
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+@pytest.mark.parametrize("T,d,E,k", SHAPES, ids=SHAPE_IDS)
+def test_drop_invalid_matches_reference(T, d, E, k, dtype, device):
+    """int64 ids with sentinels >= E and negative ids: dropped slots sort after the last expert,
+    their x_perm rows are zero, row_map holds ~row for them and they receive no gradient."""
+    x = make_rows(T, d, dtype, device)
+    indices = make_indices(T, E, k, device).long()
+    gen = torch.Generator().manual_seed(T + E)
+    invalid = torch.rand(T, k, generator=gen).to(device) < 0.3
+    indices = torch.where(invalid, torch.where(torch.rand(T, k, generator=gen).to(device) < 0.5, -1, E + 7), indices)
+    upstream = torch.randn(T * k, d, dtype=torch.float64, device=device)
+    fn = lambda a, b, c: ops.permute(a, b, c, drop_invalid=True)  # noqa: E731
+    ref = lambda a, b, c: reference.permute(a, b, c, drop_invalid=True)  # noqa: E731
+    x_perm, row_map, offsets, grad = permute_and_grad(fn, x, indices, E, upstream)
+    x_ref, row_map_ref, offsets_ref, grad_ref = permute_and_grad(ref, x, indices, E, upstream)
+    _, _, _, grad64 = permute_and_grad(ref, x.double(), indices, E, upstream)
+    case = f"T={T} d={d} E={E} k={k} {dtype}"
+    assert torch.equal(x_perm, x_ref) and torch.equal(row_map, row_map_ref) and torch.equal(offsets, offsets_ref), case
+    kept = int(offsets[-1])
+    assert kept == int((~invalid).sum()) and torch.equal(x_perm[kept:], torch.zeros_like(x_perm[kept:])), case
+    assert torch.equal(row_map < 0, invalid.cpu().to(row_map.device)), case
+    assert_close_to_reference(grad, grad_ref, grad64, name="grad_x " + case)
+    # The combine skips dropped slots and gives their weights a zero gradient.
+    weights = torch.rand(T, k, device=device).requires_grad_()
+    y = ops.unpermute(x_perm, row_map, weights)
+    torch.testing.assert_close(y, reference.unpermute(x_perm, row_map, weights))
+    y.float().sum().backward()
+    assert torch.equal(weights.grad[invalid], torch.zeros_like(weights.grad[invalid])), case
+
+
+def test_dropped_slots_layout(device):
+    indices = torch.tensor([[2, 9], [-1, 0], [2, 1]], device=device)  # 9 and -1 are dropped (E = 3)
+    x = torch.arange(1, 4, dtype=torch.float32, device=device)[:, None].expand(3, 2)
+    x_perm, row_map, offsets = ops.permute(x, indices, 3, drop_invalid=True)
+    # Expert 0: (1,1); expert 1: (2,1); expert 2: (0,0) (2,0); dropped, after the experts: (0,1) (1,0).
+    assert offsets.tolist() == [0, 1, 2, 4]
+    assert x_perm[:, 0].tolist() == [2, 3, 1, 3, 0, 0]
+    assert row_map.tolist() == [[2, ~4], [~5, 0], [3, 1]]
+    grad_y = torch.ones(3, 2, device=device)
+    grad_y_perm, grad_w = torch.ops.pesc.unpermute_backward(grad_y, row_map, torch.ones(3, 2, device=device), x_perm)
+    assert torch.equal(grad_y_perm[4:], torch.zeros(2, 2, device=device))
+    assert grad_w.tolist() == [[2.0, 0.0], [0.0, 4.0], [6.0, 6.0]]
+
+
+def test_default_behaviour_is_unchanged_for_invalid_int64_ids(device):
+    """Without drop_invalid an invalid id still raises on CPU and clamps on CUDA, int64 or int32."""
+    x = make_rows(4, 3, torch.float32, device)
+    indices = torch.tensor([[0, 1], [2, 3], [1, 2], [3, 0]], device=device)
+    indices[2, 1] = 2 ** 40  # beyond int32: must not wrap around to a valid expert
+    if device.type == "cpu":
+        with pytest.raises(IndexError, match=r"indices holds expert id 1099511627776 at \[2, 1\], outside"):
+            ops.permute(x, indices, 4)
+    else:
+        got = ops.permute(x, indices, 4)
+        for a, b in zip(got, ops.permute(x, indices.clamp(0, 3).int(), 4)):
+            assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("weights_dtype", FLOAT_DTYPES, ids=str)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+def test_weights_of_any_float_dtype(dtype, weights_dtype, device):
+    """Routing weights of any float dtype are read as fp32; their gradient comes back in their dtype."""
+    T, d, E, k = 31, 20, 5, 3
+    indices = make_indices(T, E, k, device).long()
+    x_perm, row_map, _ = ops.permute(make_rows(T, d, dtype, device), indices, E)
+    weights = torch.rand(T, k, device=device).to(weights_dtype)
+    upstream = torch.randn(T, d, dtype=torch.float64, device=device)
+    y, (g_y, g_w) = unpermute_and_grads(ops.unpermute, x_perm, row_map, weights, None, upstream)
+    y32, (g_y32, g_w32) = unpermute_and_grads(ops.unpermute, x_perm, row_map, weights.float(), None, upstream)
+    assert g_w.dtype == weights_dtype and y.dtype == dtype and g_y.dtype == dtype
+    assert torch.equal(y, y32) and torch.equal(g_y, g_y32) and torch.equal(g_w, g_w32.to(weights_dtype))
+
+
+def test_row_map_with_dropped_entries_cpu():
+    """A dropped entry ~n stands for row n in the permutation check."""
+    y_perm = torch.randn(4, 3)
+    ok = torch.tensor([[0, ~3], [~1, 2]], dtype=torch.int32)
+    torch.testing.assert_close(ops.unpermute(y_perm, ok), torch.stack([y_perm[0], y_perm[2]]))
+    repeated = torch.tensor([[0, ~0], [1, 2]], dtype=torch.int32)
+    with pytest.raises(ValueError, match=r"row_map holds row 0 twice \(again at \[0, 1\]\)"):
+        ops.unpermute(y_perm, repeated)

@@ -19,10 +19,11 @@ def readme_examples() -> list[str]:
 def test_readme_examples_run(tmp_path, monkeypatch):
     pytest.importorskip("peft", reason="peft is not installed")  # in CI it is (requirements-dev.txt)
     examples = readme_examples()
-    assert len(examples) == 2, "expected the crafting/training/checkpoint example and the peft example"
+    assert len(examples) == 3, "expected the crafting/training/checkpoint, the peft and the Hugging Face MoE examples"
     monkeypatch.chdir(tmp_path)
     namespace = {"__name__": "readme"}
     for code in examples:
         exec(compile(code, str(README), "exec"), namespace)
     assert (tmp_path / "pesc-adapters" / "pesc_adapters.safetensors").is_file()
     assert namespace["out"].loss.grad_fn is not None
+    assert namespace["moe"].config._experts_implementation == "pesc"

@@ -1,28 +1,37 @@
-// CPU kernels of the grouped GEMMs on expert segments (docs/design.md, "Grouped GEMMs"), on torch's BLAS.
+// CPU kernels of the grouped GEMMs on expert segments and the gated activation (docs/design.md,
+// "Grouped GEMMs"), on torch's BLAS.
 //
-//   grouped_mm: y[seg e] = x[seg e] @ w[e]                  x [N, K], w [E, K, M], y [N, M]
+//   grouped_mm: y[seg e] = x[seg e] @ W_e + bias[e]         x [N, K], y [N, M], bias [E, M]
+//               W_e = w[e] (w [E, K, M]) or w[e]^T (w [E, M, K], w_transposed: a transposed view, no copy)
+//     backward: dx[seg e] = dy[seg e] @ W_e^T, dW_e = x[seg]^T @ dy[seg] (stored as w is),
+//               dbias[e] = sum of dy over the segment's rows (fp32, rows in order)
 //   adapter:    h[seg e] = x[seg e] @ w_down[e]             x [N, d], w_down [E, d, r], h [N, r]
 //               y[seg e] = (scaling * act(h[seg e])) @ w_up[e]          w_up [E, r, d], y [N, d]
 //   backward:   dA = dy @ w_up[e]^T,  dh = scaling * act'(h) * dA,  dx = dh @ w_down[e]^T,
 //               dw_up[e] = (scaling * act(h))[seg]^T @ dy[seg],  dw_down[e] = x[seg]^T @ dh[seg]
-// Segment e is rows expert_offsets[e] .. expert_offsets[e+1]; all tensors row-major, in x's dtype
-// (fp32/fp16/bf16; BLAS accumulates in fp32, the activation math runs in fp32 through the helpers
-// of adapter/activations.h, which the CUDA kernels run too).
+//   gated_activation: a[n, f] = gated(h[n, gate col], h[n, up col]) and its backward (adapter/gated.h)
+// Segment e is rows expert_offsets[e] .. expert_offsets[e+1]; rows from expert_offsets[E] to N belong
+// to no expert (dropped slots) and are zero in every [N, *] output. All tensors row-major, in x's
+// dtype (fp32/fp16/bf16; BLAS accumulates in fp32, the activation math runs in fp32 through the
+// helpers of adapter/activations.h and adapter/gated.h, which the CUDA kernels run too).
 //
 // Work is cut into pieces whose shapes depend only on the problem (never on the thread count):
 //   row pieces     (expert, rows [b, b + rows_per_piece)) for the products that write rows,
 //   weight pieces  (expert, a block of kWeightBlock output columns of a weight gradient), each
 //                  reducing over the whole segment in one GEMM, so no partial sums or atomics.
 // Each piece is one single-threaded BLAS call on contiguous or simply-strided views (no copies);
-// pieces are dealt to the threads by estimated cost, so experts run in parallel when segments are
-// small and large segments split into several pieces. The adapter applies activation and scaling
-// to a row piece's [rows, r] block between its two GEMMs, while it is in cache, and computes both
-// weight gradients in one parallel region.
+// the threads take pieces from a shared queue ordered largest first, so experts run in parallel
+// when segments are small, large segments split into several pieces, and a thread slowed down by
+// other work on the machine simply takes fewer pieces. Which thread runs a piece never changes
+// what it computes, so results do not depend on the thread count. The adapter applies activation
+// and scaling to a row piece's [rows, r] block between its two GEMMs, while it is in cache, and
+// computes both weight gradients in one parallel region.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/LegacyTypeDispatch.h>
 
 #include <algorithm>
+#include <atomic>
 #include <numeric>
 #include <type_traits>
 #include <vector>
@@ -30,6 +39,7 @@
 #include <torch/library.h>
 
 #include "adapter/activations.h"
+#include "adapter/gated.h"
 #include "adapter/ops.h"
 #include "core/tensor_utils.h"
 
@@ -68,28 +78,21 @@ std::vector<Piece> row_pieces(const std::vector<int64_t>& offsets, int64_t rows)
   return pieces;
 }
 
-// Runs fn(piece) for every piece in parallel. Pieces are dealt to the threads largest first, each to
-// the least loaded thread (cost(piece) estimates its work), so threads finish together even when
-// segments differ in size; which thread runs a piece never changes what the piece computes.
-// Worker threads do not inherit the caller's dispatch state, so each excludes autograd itself: the
-// views and out= GEMMs below are plain kernel calls.
+// Runs fn(piece) for every piece in parallel. The threads take pieces from one queue ordered by
+// decreasing cost(piece) (an estimate of its work), so they finish together even when segments
+// differ in size or a thread is slowed down; which thread runs a piece never changes what the
+// piece computes. Worker threads do not inherit the caller's dispatch state, so each excludes
+// autograd itself: the views and out= GEMMs below are plain kernel calls.
 template <typename Cost, typename Fn>
 void for_each_piece(const std::vector<Piece>& pieces, const Cost& cost, const Fn& fn) {
   const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), pieces.size()));
   std::vector<size_t> order(pieces.size());
   std::iota(order.begin(), order.end(), size_t{0});
   std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return cost(pieces[a]) > cost(pieces[b]); });
-  std::vector<std::vector<size_t>> buckets(threads);
-  std::vector<double> load(threads, 0.0);
-  for (const size_t i : order) {
-    const auto t = std::min_element(load.begin(), load.end()) - load.begin();
-    buckets[t].push_back(i);
-    load[t] += static_cast<double>(cost(pieces[i]));
-  }
-  at::parallel_for(0, threads, 1, [&](int64_t begin, int64_t end) {
+  std::atomic<size_t> next{0};
+  at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    for (int64_t t = begin; t < end; ++t)
-      for (const size_t i : buckets[t]) fn(pieces[i]);
+    for (size_t i = next.fetch_add(1); i < order.size(); i = next.fetch_add(1)) fn(pieces[order[i]]);
   });
 }
 
@@ -173,27 +176,145 @@ void activation_grad_rows(const at::Tensor& h, const at::Tensor& g, const Piece&
 // The activation buffer a = scaling * act(h) aliases h when that is the identity map.
 bool activation_is_identity(Activation act, double scaling) { return act == Activation::Identity && scaling == 1.0; }
 
-at::Tensor grouped_mm_cpu(const at::Tensor& x_in, const at::Tensor& w_in, const at::Tensor& expert_offsets) {
-  at::Tensor y = grouped_mm_outputs(x_in, w_in, expert_offsets);
+// Rows offsets[E] .. N belong to no expert (dropped slots): zero in every [N, *] output.
+void zero_dropped_rows(at::Tensor& t, const std::vector<int64_t>& offsets) {
+  const int64_t kept = offsets.back();
+  if (t.defined() && t.dim() == 2 && kept < t.size(0)) t.narrow(0, kept, t.size(0) - kept).zero_();
+}
+
+// W_e as the [K, M] operand of y = x @ W_e: w[e], or the transposed view of w[e] when w is [E, M, K].
+at::Tensor expert_weight(const at::Tensor& w, int64_t e, bool w_transposed) {
+  const at::Tensor we = w.select(0, e);
+  return w_transposed ? we.t() : we;
+}
+
+// grad_bias[e, c] = sum over the rows of segment e of grad_y[row, c], in fp32 and row order; pieces
+// are (expert, block of kWeightBlock columns). Empty experts get zeros.
+void bias_grad(const at::Tensor& grad_y, const std::vector<int64_t>& offsets, at::Tensor& grad_bias) {
+  const int64_t E = grad_bias.size(0), M = grad_bias.size(1);
+  std::vector<Piece> pieces;
+  for (int64_t e = 0; e < E; ++e)
+    for (int64_t b = 0; b < M; b += kWeightBlock) pieces.push_back({e, b, std::min(b + kWeightBlock, M)});
+  const auto cost = [&](const Piece& p) { return (segment_rows(offsets, p.expert) + 1) * p.size(); };
+  PESC_DTYPE_SWITCH(dtype_of(grad_y), HostTypes, [&] {
+    const scalar_t* dy = grad_y.data_ptr<scalar_t>();
+    scalar_t* out = grad_bias.data_ptr<scalar_t>();
+    for_each_piece(pieces, cost, [&](const Piece& p) {
+      std::vector<float> acc(p.size(), 0.f);
+      for (int64_t row = offsets[p.expert]; row < offsets[p.expert + 1]; ++row) {
+        const scalar_t* line = dy + row * M + p.begin;
+        for (int64_t c = 0; c < p.size(); ++c) acc[c] += static_cast<float>(line[c]);
+      }
+      for (int64_t c = 0; c < p.size(); ++c) out[p.expert * M + p.begin + c] = static_cast<scalar_t>(acc[c]);
+    });
+  });
+}
+
+at::Tensor grouped_mm_cpu(const at::Tensor& x_in, const at::Tensor& w_in, const at::Tensor& expert_offsets,
+                          const std::optional<at::Tensor>& bias_in, bool w_transposed) {
+  at::Tensor y = grouped_mm_outputs(x_in, w_in, expert_offsets, bias_in, w_transposed);
   const at::Tensor x = x_in.contiguous(), w = w_in.contiguous();
+  const auto bias = contiguous_optional(bias_in);
   const std::vector<int64_t> offsets = read_offsets(expert_offsets);
-  for_each_row_piece(row_pieces(offsets, rows_per_piece(x)),
-                     [&](const Piece& p) { mm_into(rows(y, p), rows(x, p), w.select(0, p.expert)); });
+  for_each_row_piece(row_pieces(offsets, rows_per_piece(x)), [&](const Piece& p) {
+    at::Tensor out = rows(y, p);
+    const at::Tensor we = expert_weight(w, p.expert, w_transposed);
+    if (bias.has_value()) {
+      at::addmm_out(out, bias->select(0, p.expert), rows(x, p), we);  // out = bias[e] + x @ W_e
+    } else {
+      mm_into(out, rows(x, p), we);
+    }
+  });
+  zero_dropped_rows(y, offsets);
   return y;
 }
 
-std::tuple<at::Tensor, at::Tensor> grouped_mm_backward_cpu(const at::Tensor& grad_y_in, const at::Tensor& x_in,
-                                                           const at::Tensor& w_in, const at::Tensor& expert_offsets,
-                                                           std::array<bool, 2> output_mask) {
-  auto [grad_x, grad_w] = grouped_mm_backward_outputs(grad_y_in, x_in, w_in, expert_offsets, output_mask);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> grouped_mm_backward_cpu(const at::Tensor& grad_y_in,
+                                                                       const at::Tensor& x_in, const at::Tensor& w_in,
+                                                                       const at::Tensor& expert_offsets,
+                                                                       bool w_transposed,
+                                                                       std::array<bool, 3> output_mask) {
+  auto [grad_x, grad_w, grad_bias] =
+      grouped_mm_backward_outputs(grad_y_in, x_in, w_in, expert_offsets, w_transposed, output_mask);
   const at::Tensor grad_y = grad_y_in.contiguous(), x = x_in.contiguous(), w = w_in.contiguous();
   const std::vector<int64_t> offsets = read_offsets(expert_offsets);
   if (output_mask[0]) {
-    for_each_row_piece(row_pieces(offsets, rows_per_piece(x)),
-                       [&](const Piece& p) { mm_into(rows(grad_x, p), rows(grad_y, p), w.select(0, p.expert).t()); });
+    for_each_row_piece(row_pieces(offsets, rows_per_piece(x)), [&](const Piece& p) {
+      mm_into(rows(grad_x, p), rows(grad_y, p), expert_weight(w, p.expert, w_transposed).t());
+    });
+    zero_dropped_rows(grad_x, offsets);
   }
-  if (output_mask[1]) weight_grads({{grad_w, x, grad_y}}, offsets);
-  return {grad_x, grad_w};
+  // dW_e = x[seg]^T @ dy[seg] ([K, M]); with w [E, M, K] its transpose dy[seg]^T @ x[seg] is stored.
+  if (output_mask[1])
+    weight_grads({w_transposed ? WeightGrad{grad_w, grad_y, x} : WeightGrad{grad_w, x, grad_y}}, offsets);
+  if (output_mask[2]) bias_grad(grad_y, offsets, grad_bias);
+  return {grad_x, grad_w, grad_bias};
+}
+
+// Runs rows(kind, interleaved, type_tag, begin, end) over the rows of h [N, 2F] in parallel, with
+// the gated kind and the layout compile-time constants (the loops over a row then vectorise) and
+// type_tag a null scalar_t* naming the storage type. Each row of the output has one writer.
+template <typename Rows>
+void for_each_gated_rows(const at::Tensor& h, int64_t F, const GatedKind& kind, bool interleaved, const Rows& rows) {
+  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(F, 1));
+  PESC_DTYPE_SWITCH(dtype_of(h), HostTypes, [&] {
+    PESC_BOOL_SWITCH(interleaved, INTERLEAVED, [&] {
+      with_gated_kind(kind, [&](auto k) {
+        at::parallel_for(0, h.size(0), grain, [&](int64_t begin, int64_t end) {
+          rows(k, std::integral_constant<bool, INTERLEAVED>{}, static_cast<scalar_t*>(nullptr), begin, end);
+        });
+      });
+    });
+  });
+}
+
+at::Tensor gated_activation_cpu(const at::Tensor& h_in, std::string_view activation, bool interleaved, double limit,
+                                double alpha) {
+  at::Tensor a = gated_activation_outputs(h_in, activation, interleaved, limit, alpha);
+  const GatedKind kind = parse_gated_kind("pesc.gated_activation", activation, limit, alpha);
+  const at::Tensor h = h_in.contiguous();
+  const int64_t F = a.size(1);
+  for_each_gated_rows(h, F, kind, interleaved, [&](auto k, auto il, auto* tag, int64_t begin, int64_t end) {
+    using scalar_t = std::remove_pointer_t<decltype(tag)>;
+    constexpr int KIND = decltype(k)::value;
+    constexpr bool IL = decltype(il)::value;
+    for (int64_t n = begin; n < end; ++n) {
+      const scalar_t* h_row = h.data_ptr<scalar_t>() + n * 2 * F;
+      scalar_t* a_row = a.data_ptr<scalar_t>() + n * F;
+      for (int64_t f = 0; f < F; ++f) {
+        const float g = static_cast<float>(h_row[gate_column(f, F, IL)]);
+        const float u = static_cast<float>(h_row[up_column(f, F, IL)]);
+        a_row[f] = static_cast<scalar_t>(gated_value<KIND>(g, u, kind));
+      }
+    }
+  });
+  return a;
+}
+
+at::Tensor gated_activation_backward_cpu(const at::Tensor& grad_a_in, const at::Tensor& h_in,
+                                         std::string_view activation, bool interleaved, double limit, double alpha) {
+  at::Tensor grad_h = gated_activation_backward_outputs(grad_a_in, h_in, activation, interleaved, limit, alpha);
+  const GatedKind kind = parse_gated_kind("pesc.gated_activation_backward", activation, limit, alpha);
+  const at::Tensor h = h_in.contiguous(), grad_a = grad_a_in.contiguous();
+  const int64_t F = grad_a.size(1);
+  for_each_gated_rows(h, F, kind, interleaved, [&](auto k, auto il, auto* tag, int64_t begin, int64_t end) {
+    using scalar_t = std::remove_pointer_t<decltype(tag)>;
+    constexpr int KIND = decltype(k)::value;
+    constexpr bool IL = decltype(il)::value;
+    for (int64_t n = begin; n < end; ++n) {
+      const scalar_t* h_row = h.data_ptr<scalar_t>() + n * 2 * F;
+      const scalar_t* ga_row = grad_a.data_ptr<scalar_t>() + n * F;
+      scalar_t* out_row = grad_h.data_ptr<scalar_t>() + n * 2 * F;
+      for (int64_t f = 0; f < F; ++f) {
+        const int64_t gc = gate_column(f, F, IL), uc = up_column(f, F, IL);
+        const GatedGrad d = gated_grad<KIND>(static_cast<float>(h_row[gc]), static_cast<float>(h_row[uc]),
+                                             static_cast<float>(ga_row[f]), kind);
+        out_row[gc] = static_cast<scalar_t>(d.dg);
+        out_row[uc] = static_cast<scalar_t>(d.du);
+      }
+    }
+  });
+  return grad_h;
 }
 
 std::tuple<at::Tensor, at::Tensor> adapter_cpu(const at::Tensor& x_in, const at::Tensor& w_down_in,
@@ -209,6 +330,8 @@ std::tuple<at::Tensor, at::Tensor> adapter_cpu(const at::Tensor& x_in, const at:
     if (!a.is_same(h)) scaled_activation_rows(h, a, p, act, static_cast<float>(scaling));
     mm_into(rows(y, p), rows(a, p), w_up.select(0, p.expert));
   });
+  zero_dropped_rows(y, offsets);
+  zero_dropped_rows(h, offsets);
   return {y, h};
 }
 
@@ -243,6 +366,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> adapter_backward_cpu(const at::Te
   if (need_down) products.push_back({grad_down, x, dh});
   if (need_up) products.push_back({grad_up, a, grad_y});
   weight_grads(products, offsets);
+  if (need_x) zero_dropped_rows(grad_x, offsets);
   return {grad_x, grad_down, grad_up};
 }
 
@@ -254,4 +378,6 @@ TORCH_LIBRARY_IMPL(pesc, CPU, m) {
   m.impl("grouped_mm_backward", &pesc::grouped_mm_backward_cpu);
   m.impl("adapter", &pesc::adapter_cpu);
   m.impl("adapter_backward", &pesc::adapter_backward_cpu);
+  m.impl("gated_activation", &pesc::gated_activation_cpu);
+  m.impl("gated_activation_backward", &pesc::gated_activation_backward_cpu);
 }

@@ -1,6 +1,7 @@
 // Segmented GEMM kernels shared by grouped_mm and the adapter (declared in segment_gemm.h):
 //
-//   segment_map_kernel          one warp: clamped offsets c[0..E] and row-tile starts (see the header)
+//   segment_map_kernel          one warp: clamped offsets c[0..E] and row-tile starts (see the header);
+//                               rows c[E] .. N (dropped slots) get no tile
 //   segment_gemm_kernel         C[seg e] = A[seg e] @ B_e, one CTA per (row tile, 64 columns); the
 //                               row tile comes from the device-side segment map, so there is no host
 //                               sync and no padding, and a tile never straddles two experts
@@ -47,7 +48,6 @@ __global__ void segment_map_kernel(const int64_t* __restrict__ offsets, int E, i
     const int64_t m = MaxOp()(warp_inclusive_scan(v, MaxOp()), running_max);
     int64_t c = m < N ? m : N;
     if (i == 0) c = 0;
-    if (i == E) c = N;
     if (i <= E) clamped[i] = c;
     running_max = __shfl_sync(kFullWarpMask, m, 31);
   }

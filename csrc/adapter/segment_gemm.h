@@ -45,8 +45,9 @@ inline int64_t segment_map_workspace(int E) { return 2 * (static_cast<int64_t>(E
 
 // Builds the SegmentMap in `workspace` with one tiny kernel. The offsets are not validated (that
 // would need a host sync); they are clamped instead, so no kernel ever reads out of bounds:
-//   c[0] = 0,  c[e] = min(N, max(0, offsets[0], ..., offsets[e])) for 0 < e < E,  c[E] = N.
-// Valid offsets are left unchanged.
+//   c[0] = 0,  c[e] = min(N, max(0, offsets[0], ..., offsets[e])) for 0 < e <= E.
+// Valid offsets (offsets[E] <= N: rows past offsets[E] are dropped slots) are left unchanged; rows
+// c[E] .. N belong to no expert and no tile.
 cudaError_t launch_segment_map(const int64_t* expert_offsets, int E, int64_t N, int64_t* workspace,
                                cudaStream_t stream);
 SegmentMap segment_map_view(const int64_t* workspace, int E, int64_t N);

@@ -1,4 +1,5 @@
-// Launchers for the permutation kernels in permute.cu. Torch-free: raw pointers, sizes and a stream.
+// Launchers for the permutation kernels in kernels.cu and slots.cu. Torch-free: raw pointers, sizes
+// and a stream.
 // Layouts (N = T*k; row tensors in the dtype given by `dtype`, row-major and contiguous):
 //   x, residual, y, grad_y [T, d]; x_perm, y_perm, grad_y_perm [N, d]; indices, row_map [T, k] int32;
 //   weights, grad_weights [T, k] fp32; expert_offsets [E + 1] int64.
@@ -36,5 +37,23 @@ cudaError_t launch_unpermute(const void* y_perm, DType dtype, const int32_t* row
 cudaError_t launch_unpermute_backward(const void* grad_y, DType dtype, const int32_t* row_map, const float* weights,
                                       const void* y_perm, int64_t T, int k, int64_t d, void* grad_y_perm,
                                       float* grad_weights, cudaStream_t stream);
+
+// ---- slots.cu: int64 ids and dropped slots (permute/math.h) ----
+
+// buckets[s] (int32) of the N slot ids (int32, or int64 when ids_int64): with drop_invalid the
+// expert, or E for an id outside [0, E); otherwise the id clamped into [0, E-1] before narrowing.
+// launch_permute sorts by these buckets (with E + 1 experts when dropping).
+cudaError_t launch_slot_buckets(const void* ids, bool ids_int64, int64_t N, int E, bool drop_invalid, int32_t* buckets,
+                                cudaStream_t stream);
+
+// After launch_permute over E + 1 buckets: every slot in bucket E (dropped) gets row_map = ~row
+// and a zero row of x_perm [N, d].
+cudaError_t launch_mark_dropped_slots(const int32_t* buckets, int64_t N, int E, int32_t* row_map, void* x_perm,
+                                      int64_t d, DType dtype, cudaStream_t stream);
+
+// rows[~row_map[s]] = 0 for every dropped slot s (row_map[s] < 0) of the N slots: the rows of
+// unpermute_backward's grad_y_perm that no kept slot writes. Entries outside [~0, ~N) are skipped.
+cudaError_t launch_zero_dropped_slot_rows(const int32_t* row_map, int64_t N, int64_t d, DType dtype, void* rows,
+                                          cudaStream_t stream);
 
 }  // namespace pesc

@@ -1,10 +1,10 @@
 """Every benchmark case, collected from the family modules (which never import this module back)."""
 from __future__ import annotations
 
-from . import adapter, gating, layer, permute
+from . import adapter, gating, hf_moe, layer, permute
 from .case import Case
 
-FAMILIES = {"gating": gating, "permute": permute, "adapter": adapter, "layer": layer}
+FAMILIES = {"gating": gating, "permute": permute, "adapter": adapter, "layer": layer, "hf_moe": hf_moe}
 
 
 def cases_for(family: str | None = None, size: str = "full") -> list[Case]:

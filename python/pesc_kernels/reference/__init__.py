@@ -8,12 +8,14 @@ own per-expert loop would. The layer-level baselines (the PESC dataflow on these
 official Camelidae forward and the Sparsetral forward) are ``pesc_kernels.PESCMoE(impl=...)``.
 """
 from .activations import ACTIVATIONS, activation_fn
-from .adapter import adapter, grouped_mm
+from .adapter import GATED_ACTIVATIONS, adapter, gated_activation, grouped_mm
 from .gating import load_balancing_loss, router_z_loss, topk_gating, topk_gating_with_balancing_loss
 from .permute import permute, unpermute
+from .routing import grouped_topk_gating
 
 __all__ = [
     "topk_gating", "load_balancing_loss", "router_z_loss", "topk_gating_with_balancing_loss",
+    "grouped_topk_gating",
     "permute", "unpermute",
-    "grouped_mm", "adapter", "ACTIVATIONS", "activation_fn",
+    "grouped_mm", "adapter", "gated_activation", "ACTIVATIONS", "GATED_ACTIVATIONS", "activation_fn",
 ]
