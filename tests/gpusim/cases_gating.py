@@ -69,8 +69,31 @@ def _ints(dtype, T, E, k, **extra):
     return {"dtype": DTYPE_CODES[dtype], "T": T, "E": E, "k": k, **extra}
 
 
-def _cost(T, E, k=1):
-    return 1 + T * (E + 4 * k * max(1, E // 32)) / 2000
+def group_shape(E):
+    """Lanes per token and logits per lane of the per-token kernels (gating/kernels.cu)."""
+    width = 1
+    while width < E and width < 32:
+        width *= 2
+    vpt = 1
+    while width * vpt < E:
+        vpt *= 2
+    return width, vpt
+
+
+# Estimated simulated work in millions of instructions (fitted to the simulator's counts), used
+# only to balance the simulator processes.
+def _topk_cost(T, E, k):
+    width, vpt = group_shape(E)
+    return 0.05 + T * width * (k * vpt * 100 + vpt * 80) / 1e6
+
+
+def _per_token_cost(T, E, k=1):
+    width, vpt = group_shape(E)
+    return 0.05 + T * width * (vpt * 250 + k * 20) / 1e6
+
+
+def _chunk_cost(T, E, k=1):
+    return 0.05 + -(-T // 64) * 64 * max(E, 32) * 40 / 1e6 + T * k * 100 / 1e6
 
 
 def topk_case(T, E, k, dtype, normalize=True, seed=0, special=False):
@@ -89,7 +112,7 @@ def topk_case(T, E, k, dtype, normalize=True, seed=0, special=False):
 
     return Case(name, "topk_gating", _ints(dtype, T, E, k, normalize=int(normalize)),
                 {"logits": logits, "weights": out_like((T, k), F32), "indices": out_like((T, k), I32)},
-                check, cost=_cost(T, E, k))
+                check, cost=_topk_cost(T, E, k))
 
 
 def gating_backward64(grad_weights, logits, weights, indices, normalize):
@@ -129,7 +152,7 @@ def topk_backward_case(T, E, k, dtype, normalize=True, seed=0, corrupt_ids=False
     return Case(name, "topk_gating_backward", _ints(dtype, T, E, k, normalize=int(normalize)),
                 {"grad_weights": grad_weights, "logits": logits, "weights": weights, "indices": indices,
                  "grad_logits": out_like((T, E), dtype)},
-                check, cost=_cost(T, E, k))
+                check, cost=_per_token_cost(T, E, k))
 
 
 def routed_counts(indices, mask, E):
@@ -181,7 +204,7 @@ def balance_case(T, E, k, dtype, seed=0, masked=False, corrupt_ids=False):
 
     return Case(name, "load_balancing_loss", _ints(dtype, T, E, k),
                 {"logits": logits, "indices": indices, "mask": mask, "loss": out_like((), F32)},
-                check, cost=_cost(T, E))
+                check, cost=_chunk_cost(T, E, k))
 
 
 def balance_backward_case(T, E, k, dtype, seed=0, masked=False, corrupt_ids=False):
@@ -207,7 +230,7 @@ def balance_backward_case(T, E, k, dtype, seed=0, masked=False, corrupt_ids=Fals
     return Case(name, "load_balancing_loss_backward", _ints(dtype, T, E, k),
                 {"grad": grad, "logits": logits, "indices": indices, "mask": mask,
                  "grad_logits": out_like((T, E), dtype)},
-                check, cost=_cost(T, E))
+                check, cost=_per_token_cost(T, E, k))
 
 
 def z_loss_case(T, E, dtype, seed=0, masked=False):
@@ -225,7 +248,7 @@ def z_loss_case(T, E, dtype, seed=0, masked=False):
         assert_close(loss, torch.ops.pesc.router_z_loss(logits, mask), ref, name + " loss")
 
     return Case(name, "router_z_loss", _ints(dtype, T, E, 1),
-                {"logits": logits, "mask": mask, "loss": out_like((), F32)}, check, cost=_cost(T, E))
+                {"logits": logits, "mask": mask, "loss": out_like((), F32)}, check, cost=_chunk_cost(T, E))
 
 
 def z_loss_backward_case(T, E, dtype, seed=0, masked=False):
@@ -243,7 +266,7 @@ def z_loss_backward_case(T, E, dtype, seed=0, masked=False):
 
     return Case(name, "router_z_loss_backward", _ints(dtype, T, E, 1),
                 {"grad": grad, "logits": logits, "mask": mask, "grad_logits": out_like((T, E), dtype)},
-                check, cost=_cost(T, E))
+                check, cost=_per_token_cost(T, E))
 
 
 def cases():

@@ -5,6 +5,7 @@
 // CUDA: on a real GPU it runs the same cases.
 #include <cuda_runtime.h>
 
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 
@@ -58,6 +59,7 @@ int main(int argc, char** argv) {
     }
     std::printf("RUNNER case %s: %s\n", c.id.c_str(), c.op.c_str());
     std::fflush(stdout);
+    const auto start = std::chrono::steady_clock::now();
     CaseBuffers buffers(c);
     const cudaError_t launch = op(c, buffers);
     const cudaError_t sync = cudaDeviceSynchronize();
@@ -65,7 +67,9 @@ int main(int argc, char** argv) {
     out.codes(static_cast<int>(launch), static_cast<int>(sync));
     buffers.report(out);
     out.end_case();
-    std::printf("RUNNER done %s: launch=%d sync=%d\n", c.id.c_str(), static_cast<int>(launch), static_cast<int>(sync));
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    std::printf("RUNNER done %s: launch=%d sync=%d in %.1f s\n", c.id.c_str(), static_cast<int>(launch),
+                static_cast<int>(sync), seconds);
     std::fflush(stdout);
   }
   return 0;
