@@ -81,7 +81,7 @@ test-gpusim: build gpusim-programs
 		$(RUN) -m pytest tests/gpusim/check_gpusim.py -q -p no:cacheprovider
 
 # Part of `make test`: the simulated-GPU tests where the simulator's source and nvcc are present, else
-# one line saying why they were skipped (a fresh clone elsewhere has no ../shared/gpgpu-sim).
+# one line saying why they were skipped (a fresh clone elsewhere has no simulator source).
 test-gpusim-if-available:
 	@if [ ! -f "$(GPGPUSIM_SRC)/build.sh" ]; then \
 		echo "make test: simulated-GPU tests skipped: no GPGPU-Sim source at $(GPGPUSIM_SRC) (set PESC_GPGPUSIM_SRC)"; \

@@ -1,4 +1,4 @@
-// CUDA grouped_mm and PESC adapter (DESIGN.md 2.3): the fused adapter forward kernel, and the
+// CUDA grouped_mm and PESC adapter (docs/design.md, grouped GEMMs): the fused adapter forward kernel, and the
 // op-level launchers that compose it with the segment GEMMs of segment_gemm.cu.
 //
 //   grouped_mm   y = x @ w[e]                       one segment GEMM

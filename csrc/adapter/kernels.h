@@ -1,4 +1,4 @@
-// Launchers of the grouped_mm and adapter ops on CUDA (adapter.cu). Torch-free: raw pointers,
+// Launchers of the grouped_mm and adapter ops on CUDA (adapter/kernels.cu). Torch-free: raw pointers,
 // sizes, and the SegmentLaunch built from the device-side offsets (segment_gemm.h).
 // Layouts (row-major, the op's dtype): x [N, K] or [N, d], w [E, K, M], w_down [E, d, r],
 // w_up [E, r, d], y [N, M] or [N, d], h and the [N, r] workspaces.

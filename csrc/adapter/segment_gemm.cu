@@ -131,7 +131,8 @@ __device__ __forceinline__ void segment_gemm_cta(const GemmArgs<T>& args, const 
 }
 
 template <typename T, typename Math, bool B_TRANSPOSED, GemmEpilogue EPI>
-__global__ void __launch_bounds__(kThreads, 1) segment_gemm_kernel(GemmArgs<T> args, SegmentMap map, int64_t col_tiles) {
+__global__ void __launch_bounds__(kThreads, 1)
+    segment_gemm_kernel(GemmArgs<T> args, SegmentMap map, int64_t col_tiles) {
   if constexpr (kMathCompiled<Math>) segment_gemm_cta<T, Math, B_TRANSPOSED, EPI>(args, map, col_tiles);
 }
 

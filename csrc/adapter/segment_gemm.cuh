@@ -1,4 +1,4 @@
-// Device building blocks of the segmented GEMMs (segment_gemm.cu, adapter.cu): row-tile lookup in
+// Device building blocks of the segmented GEMMs (segment_gemm.cu, kernels.cu): row-tile lookup in
 // the segment map, a bounds-checked global->shared tile loader, CTA-level tile products on shared
 // memory (WMMA tensor cores for fp16/bf16 and, when allowed, TF32; exact fp32 FMA otherwise), and
 // the epilogue that writes a tile of fp32 accumulators back to global memory.
@@ -259,7 +259,7 @@ struct WmmaMma {
 
   template <typename Fragment>
   __device__ __forceinline__ static void round_operand(Fragment& f) {
-#if PESC_SEG_SM80_MMA  // (below sm_80 there is no TF32, and no __float_to_tf32 to name)
+#if PESC_SEG_SM80_MMA                // (below sm_80 there is no TF32, and no __float_to_tf32 to name)
     if constexpr (Traits::K == 8) {  // TF32 operands are fp32 values rounded to TF32
 #pragma unroll
       for (int t = 0; t < f.num_elements; ++t) f.x[t] = wmma::__float_to_tf32(f.x[t]);

@@ -1,4 +1,4 @@
-// CUDA kernels for the routing ops (DESIGN.md 2.1): top-k gating, the Switch load-balancing loss,
+// CUDA kernels for the routing ops (docs/design.md, routing): top-k gating, the Switch load-balancing loss,
 // the router z-loss, and their backward passes.
 //
 // Layouts: logits [T, E] row-major in fp32/fp16/bf16 (math in fp32); weights [T, k] fp32;

@@ -1,4 +1,4 @@
-// CUDA kernels for the permutation ops (DESIGN.md 2.2): permute, unpermute, unpermute_backward.
+// CUDA kernels for the permutation ops (docs/design.md, permutation): permute, unpermute, unpermute_backward.
 //
 // permute(x[T,d], indices[T,k], E) -> x_perm[N,d], row_map[T,k] int32, expert_offsets[E+1] int64:
 //   1. keys[s] = expert id of routed slot s = t*k + j (clamped into [0, E)), slots[s] = s;

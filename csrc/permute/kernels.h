@@ -1,4 +1,4 @@
-// Launchers for the permutation kernels in permute.cu. Torch-free: raw pointers, sizes and a stream.
+// Launchers for the permutation kernels in permute/kernels.cu. Torch-free: raw pointers, sizes and a stream.
 // Layouts (N = T*k; row tensors in the dtype given by `dtype`, row-major and contiguous):
 //   x, residual, y, grad_y [T, d]; x_perm, y_perm, grad_y_perm [N, d]; indices, row_map [T, k] int32;
 //   weights, grad_weights [T, k] fp32; expert_offsets [E + 1] int64.
@@ -20,7 +20,7 @@ namespace pesc {
 cudaError_t permute_sort_temp_bytes(int64_t N, int E, size_t* bytes);
 
 // keys: 2*N uint32 and slots: 2*N int32 workspaces (sort input then output); sort_temp: the bytes
-// permute_sort_temp_bytes gives. Ids outside [0, E) are clamped to [0, E-1] (common/permute_math.h).
+// permute_sort_temp_bytes gives. Ids outside [0, E) are clamped to [0, E-1] (permute/math.h).
 cudaError_t launch_permute(const void* x, DType dtype, const int32_t* indices, int64_t T, int64_t d, int k, int E,
                            uint32_t* keys, int32_t* slots, void* sort_temp, size_t sort_temp_bytes, void* x_perm,
                            int32_t* row_map, int64_t* expert_offsets, cudaStream_t stream);

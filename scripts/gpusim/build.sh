@@ -4,7 +4,7 @@
 # ~/.cache/pesc_kernels/gpgpu-sim, outside the repository, reused by later runs).
 #
 # The simulator's source, build script and base patch are not part of this repository: they come
-# from PESC_GPGPUSIM_SRC, by default ../shared/gpgpu-sim next to the repository root. This script
+# from PESC_GPGPUSIM_SRC (by default the shared gpgpu-sim folder beside the repository). This script
 # copies that folder to DEST/source, appends this project's own simulator patch
 # (scripts/gpusim/gpgpusim-pesc.patch, fixes listed at its top) to the base patch there, and runs
 # the copied build.sh, which unpacks, patches and compiles the simulator (about 1.5 to 4 minutes

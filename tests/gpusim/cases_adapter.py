@@ -97,7 +97,8 @@ def check_segment_map(result, offsets, N, name):
 
 
 def suffix(dtype, allow_tf32, offsets_kind):
-    return f"_{DT[dtype]}" + ("_tf32" if allow_tf32 else "") + ("" if offsets_kind == "valid" else f"_{offsets_kind}_offsets")
+    offsets = "" if offsets_kind == "valid" else f"_{offsets_kind}_offsets"
+    return f"_{DT[dtype]}" + ("_tf32" if allow_tf32 else "") + offsets
 
 
 def corrupt_offsets(offsets, kind, N):
@@ -208,7 +209,7 @@ def adapter_inputs(counts, d, r, dtype, seed):
 
 def adapter_case(segments, d, r, dtype, act="gelu", scaling=0.5, allow_tf32=False, offsets_kind="valid", seed=0):
     counts = SEGMENTS[segments]
-    N, E = sum(counts), len(counts)
+    N = sum(counts)
     x, w_down, w_up, _ = adapter_inputs(counts, d, r, dtype, seed)
     offsets = corrupt_offsets(offsets_of(counts), offsets_kind, N)
     status = expect_status(dtype, allow_tf32)
@@ -253,7 +254,8 @@ def adapter_backward_case(segments, d, r, dtype, act="gelu", scaling=0.5, mask=(
         if status:
             return assert_untouched(result, name, [k for k, (_, m) in outputs.items() if m])
         cpu = torch.ops.pesc.adapter_backward(grad_y, x, w_down, w_up, offsets, h, act, scaling, list(mask))
-        ref = grads64(lambda a, b, c: reference.adapter(a, b, c, offsets, act, scaling), [x, w_down, w_up], grad_y, mask)
+        ref = grads64(lambda a, b, c: reference.adapter(a, b, c, offsets, act, scaling), [x, w_down, w_up], grad_y,
+                      mask)
         for (out_name, (shape, needed)), c, r64 in zip(outputs.items(), cpu, ref):
             if needed:
                 assert_close(result.buffers[out_name].as_tensor(dtype, shape), c, r64, f"{name} {out_name}")
@@ -279,8 +281,8 @@ def unused_epilogue_case():
         assert_ran(result, name, expect_launch=CUDA_ERROR_INVALID_VALUE)
         assert_untouched(result, name, ["c"])
 
-    bufs = {"offsets": offsets, "a": make((N, K), F32, gen), "b": make((E, K, M), F32, gen), "aux_in": make((N, M), F32, gen),
-            "c": out_like((N, M), F32), "aux_out": None}
+    bufs = {"offsets": offsets, "a": make((N, K), F32, gen), "b": make((E, K, M), F32, gen),
+            "aux_in": make((N, M), F32, gen), "c": out_like((N, M), F32), "aux_out": None}
     ints = _ints(F32, offsets, N, K=K, M=M, b_transposed=0, epilogue=EPILOGUE["activation_grad"], act=0)
     return Case(name, "segment_gemm", ints, bufs, check, floats={"scaling": 1.0})
 

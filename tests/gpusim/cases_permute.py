@@ -66,7 +66,8 @@ def permute_case(T, d, k, E, dtype, seed=0, bad_ids=False, shift=0):
     if bad_ids:
         indices = corrupt(indices, E, gen)
     N = T * k
-    name = f"permute_T{T}_d{d}_k{k}_E{E}_{DT[dtype]}" + ("_bad_ids" if bad_ids else "") + (f"_shift{shift}" if shift else "")
+    name = (f"permute_T{T}_d{d}_k{k}_E{E}_{DT[dtype]}" + ("_bad_ids" if bad_ids else "")
+            + (f"_shift{shift}" if shift else ""))
 
     def check(result):
         assert_ran(result, name)
@@ -154,7 +155,8 @@ def unpermute_backward_case(T, d, k, dtype, with_weights=True, with_y_perm=True,
     if bad_rows:
         row_map, _, valid = break_rows(row_map, N, gen)
     name = (f"unpermute_backward_T{T}_d{d}_k{k}_{DT[dtype]}" + ("_w" if with_weights else "")
-            + ("_yperm" if with_y_perm else "") + ("_bad_rows" if bad_rows else "") + (f"_shift{shift}" if shift else ""))
+            + ("_yperm" if with_y_perm else "") + ("_bad_rows" if bad_rows else "")
+            + (f"_shift{shift}" if shift else ""))
 
     def check(result):
         assert_ran(result, name)

@@ -45,6 +45,7 @@ def assert_close(actual, cpu, ref64, name, factor=4.0):
     a, c = actual.double(), cpu.double()
     assert torch.equal(a.isnan(), c.isnan()), f"{name}: NaN positions differ from the CPU kernel's"
     inf = c.isinf()
-    assert torch.equal(a.isinf(), inf) and torch.equal(a[inf], c[inf]), f"{name}: infinities differ from the CPU kernel's"
+    assert torch.equal(a.isinf(), inf) and torch.equal(a[inf], c[inf]), \
+        f"{name}: infinities differ from the CPU kernel's"
     finite = c.isfinite() & ref64.isfinite()
     assert_close_to_reference(a[finite], c[finite], ref64.double()[finite], factor=factor, name=name)

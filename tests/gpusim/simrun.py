@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -71,9 +72,9 @@ def run_cases(sim: Simulator, cases, workdir: Path, shards: int, timeout_s: floa
             write_batch(group, manifest)
             prefix = workdir / f"shard{i}-try{attempt}-results"
             log = workdir / f"shard{i}-try{attempt}.log"
-            with open(log, "w") as out:
+            with open(log, "w") as out:  # own process group: a timeout kills the program, not just its wrapper
                 proc = subprocess.Popen(sim.command(sim.runner, manifest, prefix), stdout=out,
-                                        stderr=subprocess.STDOUT)
+                                        stderr=subprocess.STDOUT, start_new_session=True)
             procs[i] = (proc, prefix, log)
         next_pending = {}
         for i, (proc, prefix, log) in procs.items():
@@ -81,19 +82,20 @@ def run_cases(sim: Simulator, cases, workdir: Path, shards: int, timeout_s: floa
             try:
                 code = proc.wait(timeout=left)
             except subprocess.TimeoutExpired:
-                proc.kill()
+                os.killpg(proc.pid, signal.SIGKILL)
                 code = proc.wait()
             done = read_results(prefix)
             results.update(done)
             remaining = [c for c in pending[i] if c.id not in done]
-            if remaining:
-                crashes[remaining[0].id] = Crash(code, _tail(log))
-                if time.monotonic() - start < timeout_s:
+            if not remaining:
+                continue
+            crashes[remaining[0].id] = Crash(code, _tail(log))
+            if time.monotonic() - start < timeout_s:
+                if remaining[1:]:
                     next_pending[i] = remaining[1:]
-                else:
-                    for c in remaining[1:]:
-                        crashes[c.id] = Crash(code, f"not run: the simulated-GPU runs passed {timeout_s:.0f} s")
-            next_pending = {k: v for k, v in next_pending.items() if v}
+            else:
+                for c in remaining[1:]:
+                    crashes[c.id] = Crash(code, f"not run: the simulated-GPU runs passed {timeout_s:.0f} s")
         pending = next_pending
         attempt += 1
     return results, crashes, time.monotonic() - start

@@ -24,7 +24,13 @@ size_t allocation_bytes(size_t shift, size_t size) { return kGuard + shift + siz
 
 CaseBuffers::CaseBuffers(const CaseSpec& spec) : case_id_(spec.id) {
   for (const BufferSpec& s : spec.buffers) {
-    Buffer b{s.name, s.kind, false, nullptr, s.shift, s.size, s.kind == BufferKind::In ? s.bytes : std::vector<unsigned char>{}};
+    Buffer b{s.name,
+             s.kind,
+             false,
+             nullptr,
+             s.shift,
+             s.size,
+             s.kind == BufferKind::In ? s.bytes : std::vector<unsigned char>{}};
     if (b.kind != BufferKind::Null) allocate(b);
     buffers_.push_back(std::move(b));
   }

@@ -29,7 +29,9 @@ class CaseBuffers {
   // The device pointer of buffer NAME (nullptr for a `null` buffer); exits if the case has none.
   void* ptr(const std::string& name) const;
   template <typename T>
-  T* as(const std::string& name) const { return static_cast<T*>(ptr(name)); }
+  T* as(const std::string& name) const {
+    return static_cast<T*>(ptr(name));
+  }
   // A buffer whose size only the runner knows (e.g. CUB scratch), guarded and reported as `work`.
   void* workspace(const std::string& name, size_t bytes);
   // Downloads every buffer, checks guards and inputs, and writes the case's `buf` lines.

@@ -62,10 +62,16 @@ cudaError_t adapter_backward(const CaseSpec& c, CaseBuffers& b) {
 cudaError_t segment_gemm(const CaseSpec& c, CaseBuffers& b) {
   pesc::SegmentLaunch launch;
   if (const cudaError_t e = segments(c, b, launch); e != cudaSuccess) return e;
-  const pesc::SegmentGemm g{b.ptr("a"),       b.ptr("b"),         b.ptr("c"),
-                            b.ptr("aux_in"),  b.ptr("aux_out"),   int_param(c, "K"),
-                            int_param(c, "M"), int_param(c, "b_transposed") != 0,
-                            static_cast<pesc::GemmEpilogue>(int_param(c, "epilogue")), act_param(c),
+  const pesc::SegmentGemm g{b.ptr("a"),
+                            b.ptr("b"),
+                            b.ptr("c"),
+                            b.ptr("aux_in"),
+                            b.ptr("aux_out"),
+                            int_param(c, "K"),
+                            int_param(c, "M"),
+                            int_param(c, "b_transposed") != 0,
+                            static_cast<pesc::GemmEpilogue>(int_param(c, "epilogue")),
+                            act_param(c),
                             float_param(c, "scaling")};
   return pesc::launch_segment_gemm(g, launch);
 }
@@ -73,9 +79,10 @@ cudaError_t segment_gemm(const CaseSpec& c, CaseBuffers& b) {
 cudaError_t segment_weight_grad(const CaseSpec& c, CaseBuffers& b) {
   pesc::SegmentLaunch launch;
   if (const cudaError_t e = segments(c, b, launch); e != cudaSuccess) return e;
-  const pesc::SegmentWeightGrad g{b.ptr("a"),        b.ptr("b"),        b.ptr("c"),          int_param(c, "K"),
-                                  int_param(c, "M"), int_param(c, "activate_a") != 0, act_param(c),
-                                  float_param(c, "scaling")};
+  const pesc::SegmentWeightGrad g{b.ptr("a"),        b.ptr("b"),
+                                  b.ptr("c"),        int_param(c, "K"),
+                                  int_param(c, "M"), int_param(c, "activate_a") != 0,
+                                  act_param(c),      float_param(c, "scaling")};
   return pesc::launch_segment_weight_grad(g, launch);
 }
 

@@ -52,7 +52,8 @@ static bool check(int n, int experts, int bits) {
   std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return keys[a] < keys[b]; });
   int wrong = 0;
   for (int i = 0; i < n; ++i) wrong += got_values[i] != order[i] || got_keys[i] != keys[order[i]];
-  const int overrun = static_cast<int>(std::count_if(guard.begin(), guard.end(), [](unsigned char c) { return c != 0xab; }));
+  const int overrun =
+      static_cast<int>(std::count_if(guard.begin(), guard.end(), [](unsigned char c) { return c != 0xab; }));
   const bool ok = e == cudaSuccess && sync == cudaSuccess && wrong == 0 && overrun == 0;
   std::printf("RESULT %d keys < %d on %d bits: %d misplaced, %d scratch bytes overrun (status %d/%d)%s\n", n, experts,
               bits, wrong, overrun, static_cast<int>(e), static_cast<int>(sync), ok ? "" : " WRONG");
@@ -65,9 +66,9 @@ static bool check(int n, int experts, int bits) {
 }
 
 int main() {
-  bool ok = check(100, 8, 3);       // one tile: CUB's single-tile kernel (worked before the fixes)
-  ok &= check(8194, 60, 6);         // onesweep, one pass
-  ok &= check(12000, 1024, 10);     // onesweep, two passes
+  bool ok = check(100, 8, 3);    // one tile: CUB's single-tile kernel (worked before the fixes)
+  ok &= check(8194, 60, 6);      // onesweep, one pass
+  ok &= check(12000, 1024, 10);  // onesweep, two passes
   std::printf("%s\n", ok ? "PASS" : "FAIL");
   return ok ? 0 : 1;
 }

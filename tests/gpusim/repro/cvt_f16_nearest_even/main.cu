@@ -17,9 +17,9 @@ __global__ void convert(const float* in, unsigned short* out, int n) {
 
 int main() {
   const float ulp = 1.f / 1024;  // fp16 spacing in [1, 2)
-  const float in[] = {1 + ulp / 2,       1 + 3 * ulp / 2,         1 + ulp / 2 + ulp / 64,  1 + ulp / 2 - ulp / 64,
-                      -(1 + 3 * ulp / 2), 2048 + 1,                0.1f,                    -0.3f,
-                      65520.f,            3.f * (1.f / 16777216)};
+  const float in[] = {
+      1 + ulp / 2, 1 + 3 * ulp / 2, 1 + ulp / 2 + ulp / 64, 1 + ulp / 2 - ulp / 64, -(1 + 3 * ulp / 2), 2048 + 1, 0.1f,
+      -0.3f,       65520.f,         3.f * (1.f / 16777216)};
   constexpr int n = sizeof(in) / sizeof(in[0]);
   unsigned short got[n], want[n];
   for (int i = 0; i < n; ++i) want[i] = __half_as_ushort(__float2half_rn(in[i]));

@@ -40,7 +40,10 @@ int main() {
   static __half a[16 * kLd], b[kK * kLd];
   static float c[16 * kLdc], want[16 * kLdc];
   unsigned s = 1;  // fixed LCG: values in [-1, 1] with 3 decimals
-  auto next = [&s] { s = s * 1664525u + 1013904223u; return ((s >> 9) % 2001) / 1000.f - 1.f; };
+  auto next = [&s] {
+    s = s * 1664525u + 1013904223u;
+    return ((s >> 9) % 2001) / 1000.f - 1.f;
+  };
   for (auto& v : a) v = __float2half(next());
   for (auto& v : b) v = __float2half(next());
   for (int i = 0; i < 16; ++i)
