@@ -202,11 +202,12 @@ def cases():
         for T, d, k, E in ((7, 13, 2, 8), (7, 64, 1, 1), (7, 24, 8, 8), (1, 13, 60, 60), (7, 40, 2, 1024),
                            (0, 13, 2, 8)):
             out.append(permute_case(T, d, k, E, dtype, seed=T + d + k + E))
-        out.append(permute_case(4097, 13, 2, 60, dtype, seed=1))
         for T, d, k, w, res in ((7, 13, 2, True, True), (7, 64, 1, False, False), (7, 24, 8, True, False),
                                 (1, 13, 3, False, True), (0, 13, 2, True, True)):
             out.append(unpermute_case(T, d, k, dtype, w, res, seed=T + d + k))
             out.append(unpermute_backward_case(T, d, k, dtype, w, res, seed=T + d + k))
+    # 8194 routed slots: CUB's multi-tile (onesweep) sort, whose cost does not depend on the dtype
+    out.append(permute_case(4097, 13, 2, 60, torch.float16, seed=1))
     out.append(permute_case(1, 16, 1024, 1024, torch.float32, seed=2))  # k = E = 1024
     out.append(permute_case(7, 64, 2, 8, torch.float32, seed=3, shift=4))  # misaligned rows: element path
     out.append(permute_case(7, 13, 2, 8, torch.float16, seed=4, bad_ids=True))
