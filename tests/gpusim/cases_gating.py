@@ -305,6 +305,15 @@ def cases():
         out.append(z_loss_backward_case(T, 8, torch.float32, seed=T, masked=True))
     out.append(balance_case(7, 8, 2, torch.float32, seed=4, masked=False, corrupt_ids=True))
     out.append(balance_backward_case(130, 60, 4, torch.float16, seed=4, masked=True, corrupt_ids=True))
+    # the values-per-lane widths the E above miss (4, 8, 16 logits per lane), one dtype each
+    f32, f16, bf16 = dtypes
+    out += [
+        topk_case(7, 100, 2, f16, seed=21), topk_case(7, 200, 3, bf16, seed=22), topk_case(7, 300, 2, f32, seed=23),
+        topk_backward_case(7, 100, 2, bf16, False, seed=24), topk_backward_case(7, 200, 2, f32, True, seed=25),
+        topk_backward_case(7, 300, 4, f16, False, seed=26),
+        balance_case(7, 200, 2, f32, seed=27, masked=True), balance_backward_case(7, 300, 2, f16, seed=28),
+        z_loss_case(7, 300, bf16, seed=29), z_loss_backward_case(7, 100, f32, seed=30, masked=True),
+    ]
     # every token masked out: the losses and their gradients are exactly 0
     out.append(balance_case(7, 8, 2, torch.float32, seed=100, masked="empty"))
     out.append(balance_backward_case(7, 8, 2, torch.float32, seed=100, masked="empty"))

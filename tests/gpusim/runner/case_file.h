@@ -1,4 +1,4 @@
-// Case files of the simulated-GPU runner (written by tests/gpusim/cases.py, read here).
+// Case files of the simulated-GPU runner (written by tests/gpusim/simcase.py, read here).
 //
 // A batch is two files: NAME.txt, a text manifest, and NAME.bin, the raw bytes of every input
 // buffer. The manifest is a sequence of cases, one directive per line:

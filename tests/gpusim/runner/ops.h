@@ -1,6 +1,6 @@
 // The launchers the runner can call, by the name a case's `op` line gives (ops_*.cu). Each op reads
 // its parameters and buffers from the case (names listed next to it in ops_*.cu and in
-// tests/gpusim/cases.py), calls exactly the torch-free launcher under test on the default stream,
+// tests/gpusim/cases_*.py), calls exactly the torch-free launcher under test on the default stream,
 // plus the setup that launcher requires (CUB scratch sizing, the segment map), and returns the
 // launcher's cudaError_t.
 #pragma once
