@@ -16,7 +16,8 @@ CPU_ONLY_DIR := build/cpu-only
 # Run against the in-place build in python/ (the package is not installed into the environment).
 RUN := PYTHONPATH=$(CURDIR)/python $(PYTHON)
 
-.PHONY: deps build demo test test-main test-cpu-only install-check lint format bench bench-summary results clean
+.PHONY: deps build demo test test-main test-cpu-only install-check lint format bench bench-summary results clean \
+	test-gpusim test-gpusim-if-available gpusim-simulator gpusim-programs
 
 deps:
 	@if [ "$(PYTHON)" = ".venv/bin/python" ] && [ ! -x .venv/bin/python ]; then \
@@ -41,7 +42,7 @@ demo: build
 	@echo "  benchmarks   outputs/bench/"
 	@printf '%s\n' "  try it:      $(RUN) examples/generate.py --checkpoint $(DEMO_OUT)/pesc/checkpoint --prompt 'Add the numbers.\n12 + 30'"
 
-test: test-main install-check test-cpu-only
+test: test-main install-check test-cpu-only test-gpusim-if-available
 
 test-main: build
 	$(RUN) -m pesc_kernels info
@@ -66,6 +67,57 @@ lint: deps
 format: deps
 	$(PYTHON) -m ruff check --fix .
 	$(dir $(PYTHON))clang-format -i $(CXX_SOURCES)
+
+# Every CUDA launcher on a simulated GPU (GPGPU-Sim, functional, sm_75 PTX), checked against the CPU
+# kernels; see README "CUDA kernels on a simulated GPU". The simulator's source is not in the
+# repository: PESC_GPGPUSIM_SRC, default ../shared/gpgpu-sim. It is built once into GPUSIM_HOME.
+GPGPUSIM_SRC := $(or $(PESC_GPGPUSIM_SRC),$(CURDIR)/../shared/gpgpu-sim)
+GPUSIM_HOME ?= $(HOME)/.cache/pesc_kernels/gpgpu-sim
+GPUSIM_REAL_CUDA ?= /usr/local/cuda
+GPUSIM_JOBS ?= 2
+GPUSIM_OUT := build/gpusim
+GPUSIM_SOURCES := $(wildcard csrc/*/*.cu tests/gpusim/runner/*.cu)
+GPUSIM_HEADERS := $(wildcard csrc/*.h csrc/*/*.h csrc/*/*.cuh tests/gpusim/runner/*.h)
+GPUSIM_OBJECTS := $(patsubst %.cu,$(GPUSIM_OUT)/obj/%.o,$(GPUSIM_SOURCES))
+GPUSIM_REPROS := $(patsubst tests/gpusim/repro/%/,$(GPUSIM_OUT)/repro/%,$(sort $(dir $(wildcard tests/gpusim/repro/*/*.cu))))
+# The shipped flags (CMakeLists.txt) for sm_75; 177: "declared but never referenced", for the layout
+# constants of the bf16/TF32 kernels, whose bodies are compiled out below sm_80.
+NVCC_SIM := GPUSIM_REAL_CUDA=$(GPUSIM_REAL_CUDA) scripts/gpusim/with-sim $(GPUSIM_HOME) nvcc-sim
+NVCC_SIM_FLAGS := -std=c++20 --expt-relaxed-constexpr -O3 -Icsrc -Itests/gpusim/runner -diag-suppress 177
+
+test-gpusim: build gpusim-programs
+	PESC_GPUSIM_HOME=$(GPUSIM_HOME) PESC_GPUSIM_RUNNER=$(CURDIR)/$(GPUSIM_OUT)/runner \
+	PESC_GPUSIM_REPROS=$(CURDIR)/$(GPUSIM_OUT)/repro PESC_GPUSIM_JOBS=$(GPUSIM_JOBS) \
+		$(RUN) -m pytest tests/gpusim/check_gpusim.py -q -p no:cacheprovider
+
+# Part of `make test`: the simulated-GPU tests where the simulator's source and nvcc are present, else
+# one line saying why they were skipped (a fresh clone elsewhere has no simulator source).
+test-gpusim-if-available:
+	@if [ ! -f "$(GPGPUSIM_SRC)/build.sh" ]; then \
+		echo "make test: simulated-GPU tests skipped: no GPGPU-Sim source at $(GPGPUSIM_SRC) (set PESC_GPGPUSIM_SRC)"; \
+	elif [ ! -x "$(GPUSIM_REAL_CUDA)/bin/nvcc" ]; then \
+		echo "make test: simulated-GPU tests skipped: no nvcc at $(GPUSIM_REAL_CUDA)/bin (set GPUSIM_REAL_CUDA)"; \
+	else $(MAKE) --no-print-directory test-gpusim; fi
+
+gpusim-simulator:
+	PESC_GPGPUSIM_SRC=$(GPGPUSIM_SRC) GPUSIM_REAL_CUDA=$(GPUSIM_REAL_CUDA) bash scripts/gpusim/build.sh $(GPUSIM_HOME)
+
+# The runner and the simulator reproducers, compiled in parallel once the simulator is built.
+gpusim-programs: gpusim-simulator
+	@$(MAKE) --no-print-directory -j$(GPUSIM_JOBS) $(GPUSIM_OUT)/runner $(GPUSIM_REPROS)
+
+$(GPUSIM_OUT)/obj/%.o: %.cu $(GPUSIM_HEADERS)
+	@mkdir -p $(dir $@)
+	$(NVCC_SIM) $(NVCC_SIM_FLAGS) -c $< -o $@
+
+$(GPUSIM_OUT)/runner: $(GPUSIM_OBJECTS)
+	$(NVCC_SIM) $^ -o $@
+
+# A simulator reproducer is a folder of .cu files (some need several translation units).
+.SECONDEXPANSION:
+$(GPUSIM_OUT)/repro/%: $$(wildcard tests/gpusim/repro/%/*.cu)
+	@mkdir -p $(dir $@)
+	$(NVCC_SIM) -O3 $^ -o $@
 
 bench: build
 	$(RUN) -m pytest benchmarks -q --benchmark-json build/bench.json

@@ -63,7 +63,7 @@ struct AdapterArgs {
 };
 
 template <typename T, typename Math, int R_PAD>
-__global__ void __launch_bounds__(kThreads, 1) adapter_fused_kernel(AdapterArgs<T> args, SegmentMap map) {
+__device__ __forceinline__ void adapter_fused_cta(const AdapterArgs<T>& args, const SegmentMap& map) {
   using L = FusedLayout<Math, R_PAD>;
   using S = typename Math::Smem;
   constexpr int BK = Math::kBK;
@@ -131,9 +131,15 @@ __global__ void __launch_bounds__(kThreads, 1) adapter_fused_kernel(AdapterArgs<
 }
 
 template <typename T, typename Math, int R_PAD>
+__global__ void __launch_bounds__(kThreads, 1) adapter_fused_kernel(AdapterArgs<T> args, SegmentMap map) {
+  if constexpr (kMathCompiled<Math>) adapter_fused_cta<T, Math, R_PAD>(args, map);
+}
+
+template <typename T, typename Math, int R_PAD>
 cudaError_t launch_fused(const AdapterArgs<T>& args, const SegmentLaunch& launch) {
   constexpr int bytes = FusedLayout<Math, R_PAD>::kBytes;
   auto* kernel = adapter_fused_kernel<T, Math, R_PAD>;
+  PESC_CUDA_RETURN_IF_ERROR(check_math_arch<Math>(kernel));
   // Above 48 KiB of dynamic shared memory needs an opt-in (a host-side attribute, no sync).
   PESC_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
   kernel<<<static_cast<unsigned>(row_tile_bound(launch.map.N, launch.map.E)), kThreads, bytes, launch.stream>>>(

@@ -97,8 +97,7 @@ struct GemmArgs {
 // One CTA per (row tile, column tile); column tiles of a row tile are adjacent in the grid so the
 // A rows they share are read from L2.
 template <typename T, typename Math, bool B_TRANSPOSED, GemmEpilogue EPI>
-__global__ void __launch_bounds__(kThreads, 1)
-    segment_gemm_kernel(GemmArgs<T> args, SegmentMap map, int64_t col_tiles) {
+__device__ __forceinline__ void segment_gemm_cta(const GemmArgs<T>& args, const SegmentMap& map, int64_t col_tiles) {
   using Smem = TileSmem<Math>;
   constexpr int BK = Smem::BK, lda = Smem::lda, ldb = Smem::ldb, ldc = Smem::ldc;
   __shared__ __align__(128) unsigned char smem[Smem::kBytes];
@@ -131,6 +130,12 @@ __global__ void __launch_bounds__(kThreads, 1)
                             args.act, args.scaling);
 }
 
+template <typename T, typename Math, bool B_TRANSPOSED, GemmEpilogue EPI>
+__global__ void __launch_bounds__(kThreads, 1)
+    segment_gemm_kernel(GemmArgs<T> args, SegmentMap map, int64_t col_tiles) {
+  if constexpr (kMathCompiled<Math>) segment_gemm_cta<T, Math, B_TRANSPOSED, EPI>(args, map, col_tiles);
+}
+
 template <typename T>
 struct WeightGradArgs {
   const T* a;
@@ -144,8 +149,8 @@ struct WeightGradArgs {
 
 // One CTA per (expert, kBM x kBN tile of C[e]); block index = (e * k_tiles + k tile) * m_tiles + m tile.
 template <typename T, typename Math, bool ACTIVATE_A>
-__global__ void __launch_bounds__(kThreads, 1)
-    segment_weight_grad_kernel(WeightGradArgs<T> args, SegmentMap map, int64_t k_tiles, int64_t m_tiles) {
+__device__ __forceinline__ void segment_weight_grad_cta(const WeightGradArgs<T>& args, const SegmentMap& map,
+                                                        int64_t k_tiles, int64_t m_tiles) {
   using Smem = TileSmem<Math>;
   constexpr int BK = Smem::BK /* segment rows per step */, lda = Smem::lda, ldb = Smem::ldb, ldc = Smem::ldc;
   __shared__ __align__(128) unsigned char smem[Smem::kBytes];
@@ -182,6 +187,12 @@ __global__ void __launch_bounds__(kThreads, 1)
                                             args.scaling);
 }
 
+template <typename T, typename Math, bool ACTIVATE_A>
+__global__ void __launch_bounds__(kThreads, 1)
+    segment_weight_grad_kernel(WeightGradArgs<T> args, SegmentMap map, int64_t k_tiles, int64_t m_tiles) {
+  if constexpr (kMathCompiled<Math>) segment_weight_grad_cta<T, Math, ACTIVATE_A>(args, map, k_tiles, m_tiles);
+}
+
 template <typename T, typename Math, bool B_TRANSPOSED, GemmEpilogue EPI>
 cudaError_t launch_gemm(const SegmentGemm& g, const SegmentLaunch& launch) {
   const GemmArgs<T> args{static_cast<const T*>(g.a),
@@ -195,8 +206,9 @@ cudaError_t launch_gemm(const SegmentGemm& g, const SegmentLaunch& launch) {
                          g.scaling};
   const int64_t col_tiles = ceil_div(g.M, kBN);
   const int64_t blocks = row_tile_bound(launch.map.N, launch.map.E) * col_tiles;
-  segment_gemm_kernel<T, Math, B_TRANSPOSED, EPI>
-      <<<static_cast<unsigned>(blocks), kThreads, 0, launch.stream>>>(args, launch.map, col_tiles);
+  auto* kernel = segment_gemm_kernel<T, Math, B_TRANSPOSED, EPI>;
+  PESC_CUDA_RETURN_IF_ERROR(check_math_arch<Math>(kernel));
+  kernel<<<static_cast<unsigned>(blocks), kThreads, 0, launch.stream>>>(args, launch.map, col_tiles);
   return cudaGetLastError();
 }
 
@@ -206,8 +218,9 @@ cudaError_t launch_weight_grad(const SegmentWeightGrad& g, const SegmentLaunch& 
       static_cast<const T*>(g.a), static_cast<const T*>(g.b), static_cast<T*>(g.c), g.K, g.M, g.act, g.scaling};
   const int64_t k_tiles = ceil_div(g.K, kBM), m_tiles = ceil_div(g.M, kBN);
   const int64_t blocks = launch.map.E * k_tiles * m_tiles;
-  segment_weight_grad_kernel<T, Math, ACTIVATE_A>
-      <<<static_cast<unsigned>(blocks), kThreads, 0, launch.stream>>>(args, launch.map, k_tiles, m_tiles);
+  auto* kernel = segment_weight_grad_kernel<T, Math, ACTIVATE_A>;
+  PESC_CUDA_RETURN_IF_ERROR(check_math_arch<Math>(kernel));
+  kernel<<<static_cast<unsigned>(blocks), kThreads, 0, launch.stream>>>(args, launch.map, k_tiles, m_tiles);
   return cudaGetLastError();
 }
 

@@ -1,4 +1,4 @@
-// Device building blocks of the segmented GEMMs (segment_gemm.cu, adapter.cu): row-tile lookup in
+// Device building blocks of the segmented GEMMs (segment_gemm.cu, kernels.cu): row-tile lookup in
 // the segment map, a bounds-checked global->shared tile loader, CTA-level tile products on shared
 // memory (WMMA tensor cores for fp16/bf16 and, when allowed, TF32; exact fp32 FMA otherwise), and
 // the epilogue that writes a tile of fp32 accumulators back to global memory.
@@ -22,8 +22,17 @@
 #include "adapter/segment_gemm.h"
 #include "core/cuda_utils.cuh"
 
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
-#error "pesc_kernels' segmented GEMMs use bf16/TF32 WMMA and need sm_80 or newer (set PESC_CUDA_ARCHS)"
+// Architectures: the fp32 FMA and fp16 WMMA paths compile for sm_75 and newer (the shipped builds
+// are sm_80/sm_90; sm_75 PTX is what the functional-simulation tests run). bf16 and TF32 WMMA
+// fragments exist from sm_80 only, so below sm_80 the kernels that need them compile to an empty
+// body and their launchers refuse to launch them (check_math_arch).
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 750
+#error "pesc_kernels' segmented GEMMs need sm_75 or newer, and sm_80 for bf16/TF32 (set PESC_CUDA_ARCHS)"
+#endif
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
+#define PESC_SEG_SM80_MMA 1  // bf16/TF32 WMMA available in this compilation pass (host pass included)
+#else
+#define PESC_SEG_SM80_MMA 0
 #endif
 
 namespace pesc {
@@ -228,6 +237,7 @@ struct WmmaTraits<__half> {
   using Element = __half;
   static constexpr int K = 16;
 };
+#if PESC_SEG_SM80_MMA
 template <>
 struct WmmaTraits<__nv_bfloat16> {
   using Element = __nv_bfloat16;
@@ -238,6 +248,7 @@ struct WmmaTraits<float> {  // TF32: fp32 in shared memory, rounded to TF32 in t
   using Element = wmma::precision::tf32;
   static constexpr int K = 8;
 };
+#endif
 
 // Tensor cores through WMMA 16x16xK fragments. BM = 16 * kWarps, so warp w owns fragment row w
 // (tile rows 16 w .. 16 w + 15) across all BN / 16 fragment columns: each k step loads the warp's A
@@ -256,10 +267,12 @@ struct WmmaMma {
 
   template <typename Fragment>
   __device__ __forceinline__ static void round_operand(Fragment& f) {
+#if PESC_SEG_SM80_MMA                // (below sm_80 there is no TF32, and no __float_to_tf32 to name)
     if constexpr (Traits::K == 8) {  // TF32 operands are fp32 values rounded to TF32
 #pragma unroll
       for (int t = 0; t < f.num_elements; ++t) f.x[t] = wmma::__float_to_tf32(f.x[t]);
     }
+#endif
   }
 
   template <int KT>
@@ -289,16 +302,18 @@ struct WmmaMma {
 };
 
 // The arithmetic of one dtype: the shared-memory element type, the reduction depth per loaded
-// tile, and the tile product.
+// tile, the tile product, and whether it needs sm_80 (bf16/TF32 WMMA).
 struct FmaMath {
   using Smem = float;
   static constexpr int kBK = 32;
+  static constexpr bool kNeedsSm80 = false;
   template <int BM, int BN>
   using Mma = FmaMma<BM, BN>;
 };
 struct Tf32Math {
   using Smem = float;
   static constexpr int kBK = 32;
+  static constexpr bool kNeedsSm80 = true;
   template <int BM, int BN>
   using Mma = WmmaMma<float, BM, BN>;
 };
@@ -306,6 +321,7 @@ template <typename T>
 struct TensorMath {
   using Smem = T;
   static constexpr int kBK = 64;
+  static constexpr bool kNeedsSm80 = std::is_same_v<T, __nv_bfloat16>;
   template <int BM, int BN>
   using Mma = WmmaMma<T, BM, BN>;
 };
@@ -319,6 +335,25 @@ using GemmMath =
 
 // Whether a launch's fp32 products may use TF32 (torch.backends.cuda.matmul.allow_tf32).
 inline bool uses_tf32(const SegmentLaunch& launch) { return launch.allow_tf32 && launch.dtype == DType::Float32; }
+
+// False in a device pass below sm_80 for a Math that needs sm_80: the kernels then compile their
+// body out (`if constexpr`), so no bf16/TF32 fragment type is instantiated there.
+template <typename Math>
+constexpr bool kMathCompiled = !Math::kNeedsSm80 || PESC_SEG_SM80_MMA;
+
+// Host side, before launching `kernel` with a Math that needs sm_80: cudaErrorNoKernelImageForDevice
+// when the image the device would run was compiled for an older virtual architecture (its body is
+// empty there, see kMathCompiled), so such a launch fails clearly instead of leaving outputs unset.
+// cudaFuncGetAttributes is a host-side query: no launch, no sync.
+template <typename Math, typename Kernel>
+cudaError_t check_math_arch(Kernel* kernel) {
+  if constexpr (Math::kNeedsSm80) {
+    cudaFuncAttributes attr{};  // zero: a runtime that fills in nothing reads as "too old"
+    PESC_CUDA_RETURN_IF_ERROR(cudaFuncGetAttributes(&attr, reinterpret_cast<const void*>(kernel)));
+    if (attr.ptxVersion < 80) return cudaErrorNoKernelImageForDevice;
+  }
+  return cudaSuccess;
+}
 
 // ---- epilogue ----
 

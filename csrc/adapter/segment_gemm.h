@@ -1,5 +1,5 @@
 // Torch-free launchers of the segmented GEMM kernels in segment_gemm.cu, the building blocks of the
-// grouped_mm and adapter ops (adapter.cu composes them).
+// grouped_mm and adapter ops (adapter/kernels.cu composes them).
 //
 // Rows are grouped by expert: expert e owns rows offsets[e] .. offsets[e+1] of every [N, *] matrix.
 // All matrices are row-major in the op's dtype (fp32/fp16/bf16); accumulation is fp32.

@@ -1,4 +1,4 @@
-// Launchers for the routing kernels in gating.cu. Torch-free: raw pointers, sizes and a stream.
+// Launchers for the routing kernels in gating/kernels.cu. Torch-free: raw pointers, sizes and a stream.
 // Layouts: logits [T, E] (dtype given by `dtype`), weights/grad_weights [T, k] fp32,
 // indices [T, k] int32, mask [T] bool or nullptr, scalar grads and losses are one fp32 in device
 // memory. Workspaces are allocated by the caller with the sizes the *_workspace functions give.
