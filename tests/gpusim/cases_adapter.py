@@ -37,6 +37,7 @@ SEGMENTS = {
                             minlength=1024).tolist(),
     "N0": [0, 0, 0],
     "short": [70, 0, 10],
+    "one": [0, 1, 0],
 }
 
 
@@ -194,7 +195,7 @@ def grouped_mm_backward_case(segments, K, M, dtype, mask=(True, True), allow_tf3
         assert_ran(result, name, expect_launch=status)
         if status:
             return assert_untouched(result, name, [k for k, (_, m) in outputs.items() if m])
-        cpu = torch.ops.pesc.grouped_mm_backward(grad_y, x, w, offsets, list(mask))
+        cpu = torch.ops.pesc.grouped_mm_backward(grad_y, x, w, offsets, False, [*mask, False])[:2]
         ref = grads64(lambda a, b: reference.grouped_mm(a, b, offsets), [x, w], grad_y, mask)
         for (out_name, (shape, needed)), c, r in zip(outputs.items(), cpu, ref):
             if needed:
@@ -466,6 +467,11 @@ def new_launcher_cases():
         grouped_linear_backward_case("E8", 16, 300, bf16, w_transposed=True, mask=(False, False, True), dropped=3,
                                      seed=53),
         grouped_linear_backward_case("E8", 16, 300, f32, w_transposed=False, mask=(False, False, True), seed=54),
+        # no row at all, a single row
+        grouped_linear_case("N0", 16, 8, f32, w_transposed=False, with_bias=True, seed=55),
+        grouped_linear_backward_case("N0", 16, 8, f16, w_transposed=False, seed=56),
+        grouped_linear_case("one", 24, 13, f16, w_transposed=True, with_bias=True, seed=57),
+        grouped_linear_backward_case("one", 24, 13, f32, w_transposed=True, dropped=1, seed=58),
         zero_dropped_rows_case("E8", 13, f32, 9),
         zero_dropped_rows_case("mixed", 24, f16, 1),
         zero_dropped_rows_case("E8", 13, bf16, 0, offsets_kind="out_of_range"),
