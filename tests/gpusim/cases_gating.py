@@ -1,5 +1,6 @@
 """Simulated-GPU cases of the routing launchers (gating/kernels.h): top-k gating, the balancing
-loss and the z-loss, forward and backward.
+loss and the z-loss, forward and backward, and the launcher sequence of the fused
+topk_gating_with_balancing_loss and of its backward.
 
 Oracle: the CPU kernels (torch.ops.pesc.*); indices and the integer workspaces (routed-slot counts,
 token counts) must match bitwise, float outputs within the tolerance rule of tests/_helpers.py
@@ -269,6 +270,64 @@ def z_loss_backward_case(T, E, dtype, seed=0, masked=False):
                 check, cost=_per_token_cost(T, E))
 
 
+def fused_case(T, E, k, dtype, normalize=True, seed=0, masked=False):
+    """topk_gating_with_balancing_loss as the CUDA glue composes it: the loss reads the ids the
+    gating launcher wrote on the device, and its routed-slot counts are the op's routed_counts."""
+    logits = make_logits(T, E, dtype, seed)
+    mask = make_mask(T, seed, masked)
+    name = f"topk_gating_with_balancing_loss_T{T}_E{E}_k{k}_{DT[dtype]}" + ("" if normalize else "_raw") + mask_suffix(
+        masked)
+
+    def check(result):
+        assert_ran(result, name)
+        cpu_weights, cpu_indices, cpu_loss, cpu_counts = torch.ops.pesc.topk_gating_with_balancing_loss(
+            logits, k, normalize, mask)
+        assert_bitwise(result.buffers["indices"].as_tensor(I32, (T, k)), cpu_indices, name + " indices")
+        assert_bitwise(result.buffers["routed_counts"].as_tensor(I32, (E + 1,)), cpu_counts, name + " routed_counts")
+        p = softmax64(logits).gather(-1, cpu_indices.long())
+        ref = p / p.sum(-1, keepdim=True) if normalize else p
+        assert_close(result.buffers["weights"].as_tensor(F32, (T, k)), cpu_weights, ref, name + " weights")
+        assert_close(result.buffers["loss"].as_tensor(F32, ()), cpu_loss, balance_loss64(logits, cpu_indices, mask),
+                     name + " loss")
+
+    return Case(name, "topk_gating_with_balancing_loss", _ints(dtype, T, E, k, normalize=int(normalize)),
+                {"logits": logits, "mask": mask, "weights": out_like((T, k), F32), "indices": out_like((T, k), I32),
+                 "routed_counts": out_like((E + 1,), I32), "loss": out_like((), F32)},
+                check, cost=_topk_cost(T, E, k) + _chunk_cost(T, E, k))
+
+
+def fused_backward_case(T, E, k, dtype, normalize=True, seed=0, masked=False):
+    """Its backward: the two gradients from their launchers, summed as the glue's at::add_ does (in
+    fp32, one rounding to the logits' dtype)."""
+    logits = make_logits(T, E, dtype, seed)
+    mask = make_mask(T, seed, masked)
+    weights, indices, _, routed = torch.ops.pesc.topk_gating_with_balancing_loss(logits, k, normalize, mask)
+    grad_weights = torch.randn(T, k, generator=torch.Generator().manual_seed(seed + 3))
+    grad_loss = torch.tensor(0.75)
+    name = (f"topk_gating_with_balancing_loss_backward_T{T}_E{E}_k{k}_{DT[dtype]}" + ("" if normalize else "_raw")
+            + mask_suffix(masked))
+
+    def check(result):
+        assert_ran(result, name)
+        gating = result.buffers["grad_logits"].as_tensor(dtype, (T, E))
+        balance = result.buffers["balance_grad"].as_tensor(dtype, (T, E))
+        total = (gating.float() + balance.float()).to(dtype)
+        cpu = torch.ops.pesc.topk_gating_with_balancing_loss_backward(grad_weights, grad_loss, logits, weights, indices,
+                                                                       routed, mask, normalize)
+        leaf = logits.double().requires_grad_(True)
+        (balance64,) = torch.autograd.grad(balance_loss64(leaf, indices, mask) * grad_loss.double(), leaf,
+                                           allow_unused=True)
+        ref = gating_backward64(grad_weights, logits, weights, indices, normalize)
+        ref = ref if balance64 is None else ref + balance64
+        assert_close(total, cpu, ref, name + " grad_logits")
+
+    return Case(name, "topk_gating_with_balancing_loss_backward", _ints(dtype, T, E, k, normalize=int(normalize)),
+                {"grad_weights": grad_weights, "grad": grad_loss, "logits": logits, "weights": weights,
+                 "indices": indices, "mask": mask, "grad_logits": out_like((T, E), dtype),
+                 "balance_grad": out_like((T, E), dtype)},
+                check, cost=2 * _per_token_cost(T, E, k))
+
+
 def cases():
     out = []
     dtypes = (torch.float32, torch.float16, torch.bfloat16)
@@ -319,4 +378,9 @@ def cases():
     out.append(balance_backward_case(7, 8, 2, torch.float32, seed=100, masked="empty"))
     out.append(z_loss_case(7, 8, torch.float16, seed=100, masked="empty"))
     out.append(z_loss_backward_case(7, 8, torch.float16, seed=100, masked="empty"))
+    # the fused op's launcher sequence (gating/cuda.cpp)
+    out += [fused_case(130, 60, 2, f32, True, seed=110, masked=True), fused_case(7, 8, 2, bf16, False, seed=111),
+            fused_case(0, 8, 2, f16, True, seed=112),
+            fused_backward_case(130, 60, 2, f16, True, seed=113, masked=True),
+            fused_backward_case(7, 8, 2, f32, False, seed=114)]
     return out

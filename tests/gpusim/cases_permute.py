@@ -1,5 +1,6 @@
 """Simulated-GPU cases of the permutation launchers (permute/kernels.h): permute, unpermute and
-unpermute's backward.
+unpermute's backward; int64 ids and dropped slots (slots.cu: slot buckets, dropped-slot marks, the
+dropped rows of unpermute's backward), run in the sequence the CUDA glue (permute/cuda.cpp) uses.
 
 Oracle: the CPU kernels (torch.ops.pesc.*). Bitwise: permute's three outputs (x_perm is a copy;
 row_map and offsets are integers), unpermute without weights, and unpermute_backward's grad_y_perm
@@ -8,6 +9,8 @@ weights (the GPU contracts acc + w * v into an FMA) and grad_weights (a warp-tre
 Invalid input, which the CPU kernels reject, follows the README's CUDA promises: ids outside [0, E)
 are clamped into [0, E) (so the outputs are the CPU's for the clamped ids: a valid permutation with
 offsets[E] = N), and row_map entries outside [0, N) are skipped, neither read nor written.
+With drop_invalid (and int64 ids, which the CPU kernels take too) the CPU kernels are the oracle
+bitwise: x_perm, row_map (~row for a dropped slot), offsets, the buckets, grad_y_perm.
 """
 from __future__ import annotations
 
@@ -194,6 +197,176 @@ def unpermute_backward_case(T, d, k, dtype, with_weights=True, with_y_perm=True,
                 check, cost=_row_cost(T, k, d, 90 if with_y_perm else 60))
 
 
+def make_ids64(T, k, E, gen, bad):
+    """int64 ids in [0, E); with `bad` a third of them outside [0, E), past the int32 range too."""
+    ids = make_ids(T, k, E, gen).to(I64)
+    if bad and ids.numel():
+        flat = ids.reshape(-1)
+        pos = torch.randperm(flat.numel(), generator=gen)[: max(1, flat.numel() // 3)]
+        values = torch.tensor([-1, E, 2**32 + 1, -(2**40), 2**63 - 1, -(2**63), 2**31], dtype=I64)
+        flat[pos] = values[torch.arange(pos.numel()) % values.numel()]
+    return ids
+
+
+def permute_buckets_case(T, d, k, E, dtype, ids_int64=True, drop_invalid=True, bad=True, all_dropped=False, seed=0):
+    """permute through the bucket array, as the CUDA glue runs it for int64 ids or drop_invalid."""
+    gen = torch.Generator().manual_seed(seed)
+    x = make_rows((T, d), dtype, gen)
+    ids = make_ids64(T, k, E, gen, bad) if ids_int64 else (corrupt(make_ids(T, k, E, gen), E, gen) if bad
+                                                            else make_ids(T, k, E, gen))
+    if all_dropped:
+        ids = torch.full_like(ids, E + 3)
+    N = T * k
+    name = (f"permute_buckets_T{T}_d{d}_k{k}_E{E}_{DT[dtype]}" + ("_i64" if ids_int64 else "_i32")
+            + ("_drop" if drop_invalid else "_clamp") + ("_bad_ids" if bad else "") + ("_all_dropped" if all_dropped
+                                                                                      else ""))
+
+    def check(result):
+        assert_ran(result, name)
+        flat = ids.reshape(-1).long()
+        valid = (flat >= 0) & (flat < E)
+        buckets = torch.where(valid, flat, E) if drop_invalid else flat.clamp(0, E - 1)
+        assert_bitwise(result.buffers["buckets"].as_tensor(I32, (N,)), buckets.to(I32), name + " buckets")
+        # without dropping, invalid ids are clamped (the CPU kernel rejects them)
+        cpu = torch.ops.pesc.permute(x, ids if drop_invalid else ids.clamp(0, E - 1), E, drop_invalid)
+        assert_bitwise(result.buffers["x_perm"].as_tensor(dtype, (N, d)), cpu[0], name + " x_perm")
+        assert_bitwise(result.buffers["row_map"].as_tensor(I32, (T, k)), cpu[1], name + " row_map")
+        assert_bitwise(result.buffers["offsets"].as_tensor(I64, (E + 1,)), cpu[2], name + " offsets")
+        if drop_invalid:
+            sort_offsets = torch.cat([cpu[2], torch.tensor([N], dtype=I64)])
+            assert_bitwise(result.buffers["sort_offsets"].as_tensor(I64, (E + 2,)), sort_offsets,
+                           name + " sort_offsets")
+
+    ints = _ints(dtype, T, d, k, E)
+    ints.update(ids_int64=int(ids_int64), drop_invalid=int(drop_invalid))
+    return Case(name, "permute_buckets", ints,
+                {"x": x, "indices": ids, "x_perm": out_like((N, d), dtype), "row_map": out_like((T, k), I32),
+                 "offsets": out_like((E + 1,), I64)},
+                check, cost=_row_cost(T, k, d, 40) + _sort_cost(N) + N * d * 10 / 1e6)
+
+
+def dropping_routing(T, k, E, gen):
+    """row_map of a routing with dropped slots (some ids outside [0, E), drop_invalid), fp32 weights."""
+    ids = make_ids64(T, k, E, gen, bad=True)
+    _, row_map, _ = torch.ops.pesc.permute(torch.zeros(T, 1), ids, E, True)
+    return row_map, torch.rand(T, k, generator=gen)
+
+
+def unpermute_dropped_case(T, d, k, dtype, with_weights=True, seed=0):
+    """unpermute of a row_map with dropped slots (entries ~row < 0): they add nothing."""
+    gen = torch.Generator().manual_seed(seed)
+    N, E = T * k, max(1, 2 * k)
+    row_map, weights = dropping_routing(T, k, E, gen)
+    weights = weights if with_weights else None
+    y_perm = make_rows((N, d), dtype, gen)
+    residual = make_rows((T, d), dtype, gen)
+    name = f"unpermute_dropped_T{T}_d{d}_k{k}_{DT[dtype]}" + ("_w" if with_weights else "")
+
+    def check(result):
+        assert_ran(result, name)
+        y = result.buffers["y"].as_tensor(dtype, (T, d))
+        cpu = torch.ops.pesc.unpermute(y_perm, row_map, weights, residual)
+        if weights is None:
+            assert_bitwise(y, cpu, name + " y")
+        else:
+            ref = reference.unpermute(y_perm.double(), row_map, weights.double(), residual.double())
+            assert_close(y, cpu, ref, name + " y")
+
+    return Case(name, "unpermute", _ints(dtype, T, d, k),
+                {"y_perm": y_perm, "row_map": row_map, "weights": weights, "residual": residual,
+                 "y": out_like((T, d), dtype)},
+                check, cost=_row_cost(T, k, d, 35))
+
+
+def unpermute_backward_dropped_case(T, d, k, dtype, with_weights=True, with_y_perm=True, seed=0):
+    """unpermute_backward as the CUDA glue runs it (scatter, then the dropped slots' rows zeroed)."""
+    gen = torch.Generator().manual_seed(seed)
+    N, E = T * k, max(1, 3 * k)
+    row_map, weights = dropping_routing(T, k, E, gen)
+    weights = weights if with_weights else None
+    grad_y = make_rows((T, d), dtype, gen)
+    y_perm = make_rows((N, d), dtype, gen) if with_y_perm else None
+    name = (f"unpermute_backward_dropped_T{T}_d{d}_k{k}_{DT[dtype]}" + ("_w" if with_weights else "")
+            + ("_yperm" if with_y_perm else ""))
+
+    def check(result):
+        assert_ran(result, name)
+        cpu_rows, cpu_grad_weights = torch.ops.pesc.unpermute_backward(grad_y, row_map, weights, y_perm)
+        assert_bitwise(result.buffers["grad_y_perm"].as_tensor(dtype, (N, d)), cpu_rows, name + " grad_y_perm")
+        if y_perm is not None:
+            kept = row_map >= 0
+            ref = torch.zeros(T, k, dtype=torch.float64)
+            rows = y_perm.double()[row_map[kept].long()]
+            ref[kept] = (grad_y.double()[:, None, :].expand(T, k, d)[kept] * rows).sum(-1)
+            assert_close(result.buffers["grad_weights"].as_tensor(F32, (T, k)), cpu_grad_weights, ref,
+                         name + " grad_weights")
+
+    return Case(name, "unpermute_backward_dropped", _ints(dtype, T, d, k),
+                {"grad_y": grad_y, "row_map": row_map, "weights": weights, "y_perm": y_perm,
+                 "grad_y_perm": out_like((N, d), dtype),
+                 "grad_weights": out_like((T, k), F32) if with_y_perm else None},
+                check, cost=_row_cost(T, k, d, 90 if with_y_perm else 60) + N * d * 10 / 1e6)
+
+
+def zero_dropped_slot_rows_case(T, d, k, dtype, seed=0):
+    """launch_zero_dropped_slot_rows alone, on a row_map with dropped slots and entries no slot can
+    hold (~N and beyond, INT32_MIN): rows ~row_map[s] of dropped slots inside [0, N) become 0, every
+    other row keeps the canary."""
+    gen = torch.Generator().manual_seed(seed)
+    N = T * k
+    row_map, _ = dropping_routing(T, k, max(1, 2 * k), gen)
+    flat = row_map.reshape(-1)
+    if N >= 3:
+        flat[-3:] = torch.tensor([~N, ~(N + 5), -(2**31)], dtype=I32)
+    name = f"zero_dropped_slot_rows_T{T}_d{d}_k{k}_{DT[dtype]}"
+
+    def check(result):
+        assert_ran(result, name)
+        entries = flat.long()
+        zeroed = sorted({int(~e) for e in entries.tolist() if e < 0 and ~e < N})
+        assert zeroed or N < 3, f"{name}: the case has no dropped slot"
+        data = result.buffers["rows"].data
+        row_bytes = d * torch.empty((), dtype=dtype).element_size()
+        rows = result.buffers["rows"].as_tensor(dtype, (N, d))
+        for row in range(N):
+            if row in zeroed:
+                assert_bitwise(rows[row], torch.zeros(d, dtype=dtype), f"{name} row {row}")
+            else:
+                chunk = data[row * row_bytes:(row + 1) * row_bytes]
+                assert chunk == canary_at(row * row_bytes, row_bytes), f"{name}: row {row} was written"
+
+    return Case(name, "zero_dropped_slot_rows", _ints(dtype, T, d, k),
+                {"row_map": row_map, "rows": out_like((N, d), dtype)}, check, cost=0.05 + N * d * 10 / 1e6)
+
+
+def new_launcher_cases():
+    """int64 ids and dropped slots (slots.cu), run as the CUDA glue runs them."""
+    out = []
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        out += [
+            permute_buckets_case(7, 13, 2, 8, dtype, ids_int64=True, drop_invalid=True, seed=20),
+            permute_buckets_case(7, 24, 3, 60, dtype, ids_int64=False, drop_invalid=True, seed=21),
+            unpermute_dropped_case(7, 13, 3, dtype, with_weights=True, seed=22),
+            unpermute_backward_dropped_case(7, 13, 3, dtype, with_weights=True, with_y_perm=True, seed=23),
+        ]
+    f32, f16, bf16 = torch.float32, torch.float16, torch.bfloat16
+    out += [
+        permute_buckets_case(7, 64, 1, 1, f32, ids_int64=True, drop_invalid=False, seed=24),  # clamped, 16-byte rows
+        permute_buckets_case(33, 16, 2, 8, f16, ids_int64=True, drop_invalid=False, bad=False, seed=25),
+        permute_buckets_case(5, 8, 2, 1, bf16, ids_int64=True, drop_invalid=True, all_dropped=True, seed=26),
+        permute_buckets_case(1, 13, 60, 60, f32, ids_int64=True, drop_invalid=True, seed=27),
+        permute_buckets_case(0, 13, 2, 8, f32, ids_int64=True, drop_invalid=True, seed=28),
+        permute_buckets_case(130, 16, 2, 1024, f16, ids_int64=True, drop_invalid=True, seed=29),
+        unpermute_dropped_case(1, 13, 2, f16, with_weights=False, seed=30),
+        unpermute_backward_dropped_case(7, 64, 2, f32, with_weights=False, with_y_perm=False, seed=31),
+        unpermute_backward_dropped_case(0, 13, 2, f16, seed=32),
+        zero_dropped_slot_rows_case(7, 13, 3, f32, seed=33),
+        zero_dropped_slot_rows_case(7, 8, 2, bf16, seed=34),
+        zero_dropped_slot_rows_case(0, 8, 2, f16, seed=35),
+    ]
+    return out
+
+
 def cases():
     out = []
     dtypes = (torch.float32, torch.float16, torch.bfloat16)
@@ -219,4 +392,4 @@ def cases():
     for dtype, w in ((torch.float32, True), (torch.float16, False)):
         out.append(unpermute_case(9, 13, 3, dtype, w, True, seed=10, bad_rows=True))
         out.append(unpermute_backward_case(9, 13, 3, dtype, w, True, seed=11, bad_rows=True))
-    return out
+    return out + new_launcher_cases()

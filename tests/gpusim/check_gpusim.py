@@ -16,10 +16,11 @@ from pathlib import Path
 import cases_adapter
 import cases_gating
 import cases_permute
+import cases_routing
 import pytest
 from simrun import Simulator, run_cases
 
-ALL_CASES = cases_gating.cases() + cases_permute.cases() + cases_adapter.cases()
+ALL_CASES = cases_gating.cases() + cases_permute.cases() + cases_adapter.cases() + cases_routing.cases()
 assert len({c.id for c in ALL_CASES}) == len(ALL_CASES), "case ids must be unique"
 TIMEOUT_S = float(os.environ.get("PESC_GPUSIM_TIMEOUT", 1500))
 

@@ -16,7 +16,7 @@
 namespace gpusim {
 
 OpFn find_op(const std::string& name) {
-  for (OpFn (*family)(const std::string&) : {find_gating_op, find_permute_op, find_adapter_op})
+  for (OpFn (*family)(const std::string&) : {find_gating_op, find_permute_op, find_adapter_op, find_routing_op})
     if (OpFn fn = family(name)) return fn;
   return nullptr;
 }

@@ -24,6 +24,7 @@ OpFn find_op(const std::string& name);
 OpFn find_gating_op(const std::string& name);
 OpFn find_permute_op(const std::string& name);
 OpFn find_adapter_op(const std::string& name);
+OpFn find_routing_op(const std::string& name);
 
 // Parameters of the case; a missing one ends the run with a message.
 int64_t int_param(const CaseSpec& c, const char* key);

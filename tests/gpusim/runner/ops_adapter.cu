@@ -1,9 +1,12 @@
-// Runner ops of the segmented-GEMM launchers (adapter/kernels.h, adapter/segment_gemm.h).
-// Every op first builds the segment map from the `offsets` buffer ([E+1] int64) with
-// launch_segment_map into a `segment_map` work buffer (sent back, so the clamping of bad offsets is
-// checked too). Parameters: dtype, E, N, allow_tf32, and per op K/M or d/r, act (pesc::Activation),
-// scaling (float). Row-major buffers in the op's dtype: x [N, K|d], w [E, K, M], w_down [E, d, r],
-// w_up [E, r, d], y [N, M|d], h and the [N, r] buffers; absent optional buffers are null.
+// Runner ops of the segmented-GEMM launchers (adapter/kernels.h, adapter/segment_gemm.h) and of
+// the gated activations. Every segmented op first builds the segment map from the `offsets` buffer
+// ([E+1] int64) with launch_segment_map into a `segment_map` work buffer (sent back, so the clamping
+// of bad offsets is checked too). Parameters: dtype, E, N, allow_tf32, and per op K/M or d/r, act
+// (pesc::Activation), scaling (float), w_transposed, cols; gated ops: dtype, N, F, act, clamped,
+// interleaved, limit and alpha (floats). Row-major buffers in the op's dtype: x [N, K|d], w [E, K,
+// M] (or [E, M, K] when w_transposed), bias/grad_bias [E, M], w_down [E, d, r], w_up [E, r, d], y
+// [N, M|d], out [N, cols], h and the [N, r] buffers, gated h/grad_h [N, 2F] and a/grad_a [N, F];
+// absent optional buffers are null.
 #include "adapter/kernels.h"
 #include "adapter/segment_gemm.h"
 #include "ops.h"
@@ -44,18 +47,65 @@ cudaError_t grouped_mm_backward(const CaseSpec& c, CaseBuffers& b) {
 cudaError_t adapter(const CaseSpec& c, CaseBuffers& b) {
   pesc::SegmentLaunch launch;
   if (const cudaError_t e = segments(c, b, launch); e != cudaSuccess) return e;
-  return pesc::launch_adapter(b.ptr("x"), b.ptr("w_down"), b.ptr("w_up"), b.ptr("y"), b.ptr("h"),
-                              b.ptr("activation_buffer"), int_param(c, "d"), int_param(c, "r"), act_param(c),
-                              float_param(c, "scaling"), launch);
+  const int64_t d = int_param(c, "d"), r = int_param(c, "r");
+  if (const cudaError_t e =
+          pesc::launch_adapter(b.ptr("x"), b.ptr("w_down"), b.ptr("w_up"), b.ptr("y"), b.ptr("h"),
+                               b.ptr("activation_buffer"), d, r, act_param(c), float_param(c, "scaling"), launch);
+      e != cudaSuccess)
+    return e;
+  // as the CUDA glue does (adapter/cuda.cpp): rows past the clamped offsets[E] become zeros
+  if (const cudaError_t e = pesc::launch_zero_dropped_rows(b.ptr("y"), d, launch); e != cudaSuccess) return e;
+  return pesc::launch_zero_dropped_rows(b.ptr("h"), r, launch);
 }
 
 cudaError_t adapter_backward(const CaseSpec& c, CaseBuffers& b) {
   pesc::SegmentLaunch launch;
   if (const cudaError_t e = segments(c, b, launch); e != cudaSuccess) return e;
-  return pesc::launch_adapter_backward(b.ptr("grad_y"), b.ptr("x"), b.ptr("w_down"), b.ptr("w_up"), b.ptr("h"),
-                                       b.ptr("dh_buffer"), b.ptr("grad_x"), b.ptr("grad_w_down"), b.ptr("grad_w_up"),
-                                       int_param(c, "d"), int_param(c, "r"), act_param(c), float_param(c, "scaling"),
-                                       launch);
+  if (const cudaError_t e = pesc::launch_adapter_backward(
+          b.ptr("grad_y"), b.ptr("x"), b.ptr("w_down"), b.ptr("w_up"), b.ptr("h"), b.ptr("dh_buffer"), b.ptr("grad_x"),
+          b.ptr("grad_w_down"), b.ptr("grad_w_up"), int_param(c, "d"), int_param(c, "r"), act_param(c),
+          float_param(c, "scaling"), launch);
+      e != cudaSuccess)
+    return e;
+  // as the CUDA glue does: grad_x rows past the clamped offsets[E] become zeros
+  if (b.ptr("grad_x") == nullptr) return cudaSuccess;
+  return pesc::launch_zero_dropped_rows(b.ptr("grad_x"), int_param(c, "d"), launch);
+}
+
+cudaError_t grouped_linear(const CaseSpec& c, CaseBuffers& b) {
+  pesc::SegmentLaunch launch;
+  if (const cudaError_t e = segments(c, b, launch); e != cudaSuccess) return e;
+  return pesc::launch_grouped_linear(b.ptr("x"), b.ptr("w"), b.ptr("bias"), b.ptr("y"), int_param(c, "K"),
+                                     int_param(c, "M"), int_param(c, "w_transposed") != 0, launch);
+}
+
+cudaError_t grouped_linear_backward(const CaseSpec& c, CaseBuffers& b) {
+  pesc::SegmentLaunch launch;
+  if (const cudaError_t e = segments(c, b, launch); e != cudaSuccess) return e;
+  return pesc::launch_grouped_linear_backward(b.ptr("grad_y"), b.ptr("x"), b.ptr("w"), b.ptr("grad_x"), b.ptr("grad_w"),
+                                              b.ptr("grad_bias"), int_param(c, "K"), int_param(c, "M"),
+                                              int_param(c, "w_transposed") != 0, launch);
+}
+
+cudaError_t zero_dropped_rows(const CaseSpec& c, CaseBuffers& b) {
+  pesc::SegmentLaunch launch;
+  if (const cudaError_t e = segments(c, b, launch); e != cudaSuccess) return e;
+  return pesc::launch_zero_dropped_rows(b.ptr("out"), int_param(c, "cols"), launch);
+}
+
+pesc::GatedKind gated_kind(const CaseSpec& c) {
+  return {act_param(c), int_param(c, "clamped") != 0, float_param(c, "limit"), float_param(c, "alpha")};
+}
+
+cudaError_t gated_activation(const CaseSpec& c, CaseBuffers& b) {
+  return pesc::launch_gated_activation(b.ptr("h"), b.ptr("a"), int_param(c, "N"), int_param(c, "F"),
+                                       int_param(c, "interleaved") != 0, gated_kind(c), dtype_param(c), nullptr);
+}
+
+cudaError_t gated_activation_backward(const CaseSpec& c, CaseBuffers& b) {
+  return pesc::launch_gated_activation_backward(b.ptr("grad_a"), b.ptr("h"), b.ptr("grad_h"), int_param(c, "N"),
+                                                int_param(c, "F"), int_param(c, "interleaved") != 0, gated_kind(c),
+                                                dtype_param(c), nullptr);
 }
 
 // launch_segment_gemm itself: every (b_transposed, epilogue) combination, including those no op uses.
@@ -96,6 +146,11 @@ OpFn find_adapter_op(const std::string& name) {
   if (name == "adapter_backward") return adapter_backward;
   if (name == "segment_gemm") return segment_gemm;
   if (name == "segment_weight_grad") return segment_weight_grad;
+  if (name == "grouped_linear") return grouped_linear;
+  if (name == "grouped_linear_backward") return grouped_linear_backward;
+  if (name == "zero_dropped_rows") return zero_dropped_rows;
+  if (name == "gated_activation") return gated_activation;
+  if (name == "gated_activation_backward") return gated_activation_backward;
   return nullptr;
 }
 
