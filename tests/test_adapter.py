@@ -13,6 +13,7 @@ import pytest
 import torch
 from _helpers import assert_close_to_reference
 from conftest import FLOAT_DTYPES
+from op_info import BadInput, OpInfo, bad_inputs_of, offsets_from_counts, randn, random_counts
 
 from pesc_kernels import ops, reference
 
@@ -346,3 +347,195 @@ if torch.cuda.is_available():
         assert (exact.double() - expected).abs().max().item() <= 1e-5 * scale
         assert (tf32.double() - expected).abs().max().item() <= 1e-2 * scale
 
+
+# ------------------------------------------------------------------ the op table rows of this family
+# Run by tests/test_op_contract.py (see tests/op_info.py).
+def _gemm_inputs(counts, d, r, dtype, device, seed=0):
+    N, E = sum(counts), len(counts)
+    x = randn((N, d), dtype, device, seed, grad=True)
+    w_down = randn((E, d, r), dtype, device, seed + 1, d ** -0.5, grad=True)
+    w_up = randn((E, r, d), dtype, device, seed + 2, r ** -0.5, grad=True)
+    return x, w_down, w_up, offsets_from_counts(counts, device)
+
+
+def _output_major(w):
+    """The same weights stored output-major ([E, M, K], nn.Linear's and transformers' layout)."""
+    return w.detach().transpose(1, 2).contiguous().requires_grad_(w.requires_grad)
+
+
+def _dropped_offsets(offsets, dropped):
+    """Offsets whose last segment ends `dropped` rows before N (rows permute dropped)."""
+    out = offsets.clone()
+    out[1:] = torch.minimum(out[1:], out[-1] - dropped)
+    return out
+
+
+def _grouped_mm_samples(device, dtype):
+    x, w_down, _, offsets = _gemm_inputs([9, 0, 20, 1], 24, 12, dtype, device)
+    x0, w0, _, offsets0 = _gemm_inputs([0, 0, 0], 16, 4, dtype, device)
+    bias = randn((4, 12), dtype, device, 7, grad=True)
+    return [(x, w_down, offsets), (x.detach(), w_down, offsets), (x0, w0, offsets0),
+            (x, w_down, offsets, bias), (x, _output_major(w_down), offsets, None, True),
+            (x, _output_major(w_down), _dropped_offsets(offsets, 3), bias, True)]
+
+
+def _grouped_mm_backward_samples(device, dtype):
+    x, w_down, _, offsets = _gemm_inputs([9, 0, 20, 1], 24, 12, dtype, device)
+    grad_y = randn((30, 12), dtype, device, 5)
+    x, w = x.detach(), w_down.detach()
+    samples = [(grad_y, x, w, offsets, False, mask)
+               for mask in ([True, True, True], [True, False, False], [False, True, False], [False, False, True])]
+    return samples + [(grad_y, x, _output_major(w), offsets, True, [True, True, True]),
+                      (grad_y, x, _output_major(w), _dropped_offsets(offsets, 3), True, [True, True, True])]
+
+
+def _gated_samples(device, dtype):
+    h = randn((29, 2 * 11), dtype, device, 3, scale=3.0, grad=True)  # beyond the clamp limit
+    return [(h, act, interleaved, 2.5, 1.702) for act in reference.GATED_ACTIVATIONS
+            for interleaved in (False, True)] + [(h[:0], "silu", False, 7.0, 1.702), (h[:1, :2],)]
+
+
+def _gated_backward_samples(device, dtype):
+    h = randn((29, 2 * 11), dtype, device, 3, scale=3.0)
+    grad_a = randn((29, 11), dtype, device, 4)
+    return [(grad_a, h, act, interleaved, 2.5, 1.702) for act in ("silu", "gelu", "clamped_swiglu")
+            for interleaved in (False, True)]
+
+
+def _adapter_samples(device, dtype):
+    x, w_down, w_up, offsets = _gemm_inputs([9, 0, 20, 1], 24, 12, dtype, device)
+    return [(x, w_down, w_up, offsets, act, scaling) for act, scaling in (("gelu", 1.0), ("relu", 0.5),
+                                                                          ("identity", 1.0))]
+
+
+def _adapter_backward_samples(device, dtype):
+    x, w_down, w_up, offsets = _gemm_inputs([9, 0, 20, 1], 24, 12, dtype, device)
+    x, w_down, w_up = x.detach(), w_down.detach(), w_up.detach()
+    grad_y = randn(x.shape, dtype, device, 5)
+    samples = []
+    for act, scaling in (("gelu", 1.0), ("silu", 0.5)):
+        h = torch.ops.pesc.adapter(x, w_down, w_up, offsets, act, scaling)[1]
+        for mask in ([True, True, True], [False, True, True], [True, False, False]):
+            samples.append((grad_y, x, w_down, w_up, offsets, h, act, scaling, mask))
+    return samples
+
+
+def _gemm_bad_inputs(device):
+    x = torch.randn(10, 8, device=device)
+    w = torch.randn(3, 8, 5, device=device)
+    w_down = torch.randn(3, 8, 4, device=device)
+    w_up = torch.randn(3, 4, 8, device=device)
+    offs = torch.tensor([0, 4, 4, 10], device=device)
+    h = torch.randn(10, 4, device=device)
+
+    def adp(*args):
+        return args + (("gelu", 1.0) if len(args) == 4 else ())
+
+    return {
+        "grouped_mm": [
+            BadInput((x[0], w, offs), ValueError, "pesc.grouped_mm: x must be a 2-D tensor"),
+            BadInput((x.int(), w, offs), TypeError, "x must be float32, float16 or bfloat16"),
+            BadInput((x.double(), w.double(), offs), TypeError, "x must be float32, float16 or bfloat16"),
+            BadInput((x, w[0], offs), ValueError, r"w must be a 3-D tensor \[E, K, M\]"),
+            BadInput((x, w.half(), offs), TypeError, r"w must have the dtype of x \(Float\), got Half"),
+            BadInput((x, w[:, :7], offs), ValueError, r"w.shape\[1\] must equal x.shape\[1\] \(K\) \(8\)"),
+            BadInput((x, w[:0], offs[:1]), ValueError, r"w.shape\[0\] \(number of experts E\) must be >= 1"),
+            BadInput((x, w, offs.int()), TypeError, "expert_offsets must be Long, got Int"),
+            BadInput((x, w, offs[None]), ValueError, r"expert_offsets must be a 1-D tensor \[E\+1\]"),
+            BadInput((x, w, offs[:3]), ValueError,
+                     r"expert_offsets.shape\[0\] must equal the number of experts E plus 1 \(4\)"),
+            BadInput((x, w, torch.tensor([1, 4, 4, 10], device=device)), ValueError,
+                     r"expert_offsets\[0\] must be 0, got 1", reads_data=True),
+            BadInput((x, w, torch.tensor([0, 4, 4, 11], device=device)), ValueError,
+                     r"expert_offsets\[E=3\] must be <= the number of rows N=10 of x, got 11", reads_data=True),
+            BadInput((x, w, offs, None, True), ValueError,
+                     r"w.shape\[2\] must equal x.shape\[1\] \(K, w_transposed\) \(8\)"),
+            BadInput((x, w, offs, torch.zeros(3, 4, device=device)), ValueError,
+                     r"bias.shape\[1\] must equal the output width M of w \(5\)"),
+            BadInput((x, w, offs, torch.zeros(2, 5, device=device)), ValueError,
+                     r"bias.shape\[0\] must equal w.shape\[0\] \(E\)"),
+            BadInput((x, w, offs, torch.zeros(3, 5, device=device).half()), TypeError,
+                     r"bias must have the dtype of x"),
+        ],
+        "grouped_mm_backward": [
+            BadInput((x[:, :4], x, w, offs, False, [True, True, True]), ValueError,
+                     r"pesc.grouped_mm_backward: grad_y.shape\[1\] must equal the output width M of w"),
+            BadInput((x[:, :5], x, w.transpose(1, 2), offs, False, [True, True, True]), ValueError,
+                     r"w.shape\[1\] must equal x.shape\[1\] \(K\)"),
+        ],
+        "gated_activation": [
+            BadInput((h[:, :3], "silu", False, 7.0, 1.702), ValueError,
+                     r"pesc.gated_activation: h.shape\[1\] must be even"),
+            BadInput((h, "swiglu", False, 7.0, 1.702), ValueError,
+                     "unknown activation 'swiglu'; valid: gelu, gelu_tanh, silu, relu, identity, clamped_swiglu"),
+            BadInput((h, "clamped_swiglu", True, -1.0, 1.702), ValueError, "limit must be >= 0, got -1"),
+            BadInput((h.int(), "silu", False, 7.0, 1.702), TypeError, "h must be float32, float16 or bfloat16"),
+        ],
+        "gated_activation_backward": [
+            BadInput((h[:, :3], h, "silu", False, 7.0, 1.702), ValueError,
+                     r"grad_a.shape\[1\] must equal h.shape\[1\] / 2 \(F\) \(2\)"),
+            BadInput((h[:, :2].half(), h, "silu", False, 7.0, 1.702), TypeError, "grad_a must have the dtype of h"),
+        ],
+        "adapter": [
+            BadInput((x, w_down, w_up, offs, "tanh", 1.0), ValueError,
+                     "pesc.adapter: unknown activation 'tanh'; valid:"),
+            BadInput(adp(x, w_down[:, :6], w_up, offs), ValueError,
+                     r"w_down.shape\[1\] must equal x.shape\[1\] \(d\)"),
+            BadInput(adp(x, w_down, w_up[:, :3], offs), ValueError,
+                     r"w_up.shape\[1\] must equal w_down.shape\[2\] \(r\)"),
+            BadInput(adp(x, w_down, w_up[:, :, :7], offs), ValueError,
+                     r"w_up.shape\[2\] must equal x.shape\[1\] \(d\)"),
+            BadInput(adp(x, w_down, w_up[:2], offs), ValueError, r"w_up.shape\[0\] must equal w_down.shape\[0\] \(E\)"),
+            BadInput(adp(x, w_down[:, :, :0], w_up[:, :0], offs), ValueError, r"adapter rank r\) must be >= 1"),
+            BadInput(adp(x, w_down, w_up.bfloat16(), offs), TypeError, "w_up must have the dtype of x"),
+            BadInput(adp(x, w_down, w_up, offs[:2]), ValueError, r"expert_offsets.shape\[0\] must equal"),
+            BadInput(adp(x, w_down, w_up, torch.tensor([0, 5, 3, 10], device=device)), ValueError,
+                     r"expert_offsets must be non-decreasing, got expert_offsets\[1\]=5 > expert_offsets\[2\]=3",
+                     reads_data=True),
+        ],
+        "adapter_backward": [
+            BadInput((x[:9], x, w_down, w_up, offs, h, "gelu", 1.0, [True] * 3), ValueError,
+                     r"pesc.adapter_backward: grad_y.shape\[0\] must equal the number of rows N of x"),
+            BadInput((x, x, w_down, w_up, offs, h[:, :3], "gelu", 1.0, [True] * 3), ValueError,
+                     r"h.shape\[1\] must equal w_down.shape\[2\] \(r\)"),
+            BadInput((x, x, w_down, w_up, offs, h, "swish", 1.0, [True] * 3), ValueError,
+                     "pesc.adapter_backward: unknown activation 'swish'"),
+        ],
+    }
+
+
+def _large_gemm(device, dtype):
+    return _gemm_inputs(random_counts(3000, 8, seed=1), 160, 64, dtype, device)
+
+
+def _large_grouped_mm(device, dtype):
+    x, w_down, _, offsets = _large_gemm(device, dtype)
+    bias = randn((w_down.shape[0], w_down.shape[2]), dtype, device, 9, grad=True)
+    return (x, _output_major(w_down), _dropped_offsets(offsets, 100), bias, True)
+
+
+def _large_gated(device, dtype):
+    return (randn((3000, 2 * 300), dtype, device, 5, scale=3.0, grad=True), "clamped_swiglu", True, 7.0, 1.702)
+
+
+def _large_adapter(device, dtype):
+    return (*_large_gemm(device, dtype), "gelu", 0.5)
+
+
+OP_TABLE = [
+    OpInfo("gated_activation", _gated_samples, bad_inputs_of(_gemm_bad_inputs, "gated_activation"),
+           public=ops.gated_activation, reference=reference.gated_activation, thread_invariant=True,
+           large_sample=_large_gated),
+    OpInfo("gated_activation_backward", _gated_backward_samples,
+           bad_inputs_of(_gemm_bad_inputs, "gated_activation_backward"), thread_invariant=True),
+    OpInfo("grouped_mm", _grouped_mm_samples, bad_inputs_of(_gemm_bad_inputs, "grouped_mm"), public=ops.grouped_mm,
+           reference=reference.grouped_mm, thread_invariant=True,
+           large_sample=_large_grouped_mm),
+    OpInfo("grouped_mm_backward", _grouped_mm_backward_samples, bad_inputs_of(_gemm_bad_inputs, "grouped_mm_backward"),
+           thread_invariant=True),
+    OpInfo("adapter", _adapter_samples, bad_inputs_of(_gemm_bad_inputs, "adapter"), public=ops.adapter,
+           reference=reference.adapter, thread_invariant=True,
+           large_sample=_large_adapter),
+    OpInfo("adapter_backward", _adapter_backward_samples, bad_inputs_of(_gemm_bad_inputs, "adapter_backward"),
+           thread_invariant=True),
+]

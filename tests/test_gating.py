@@ -16,6 +16,7 @@ import pytest
 import torch
 from _helpers import assert_close_to_reference
 from conftest import FLOAT_DTYPES
+from op_info import BadInput, OpInfo, bad_inputs_of, router_inputs
 
 from pesc_kernels import ops, reference
 from pesc_kernels.bench.gating import lean_torch_routing
@@ -337,3 +338,180 @@ def test_both_cpu_instruction_set_builds_match_the_reference(capability):
     assert result.stdout.startswith("ok"), result.stdout
     if capability == "default":
         assert "DEFAULT" in result.stdout
+
+
+# ------------------------------------------------------------------ the op table rows of this family
+# Run by tests/test_op_contract.py (see tests/op_info.py).
+def _gating_samples(device, dtype):
+    logits, _, _ = router_inputs(37, 12, 3, dtype, device)
+    return [(logits, 3, True), (logits, 3, False), (logits[:1], 12, True), (logits[:0], 1, True)]
+
+
+def _gating_backward_samples(device, dtype):
+    samples = []
+    for T, E, k, normalize in ((37, 12, 3, True), (37, 12, 3, False), (5, 1, 1, True)):
+        logits, _, _ = router_inputs(T, E, k, dtype, device, seed=E)
+        weights, indices = torch.ops.pesc.topk_gating(logits.detach(), k, normalize)
+        samples.append((torch.randn_like(weights), logits.detach(), weights, indices, normalize))
+    return samples
+
+
+def _balance_samples(device, dtype):
+    logits, indices, mask = router_inputs(37, 12, 3, dtype, device)
+    return [(logits, indices, None), (logits, indices, mask), (logits, indices, torch.zeros_like(mask))]
+
+
+def _balance_backward_samples(device, dtype):
+    logits, indices, mask = router_inputs(37, 12, 3, dtype, device)
+    grad = torch.tensor(1.5, device=device)
+    return [(grad, logits.detach(), indices, None), (grad, logits.detach(), indices, mask)]
+
+
+def _z_samples(device, dtype):
+    logits, _, mask = router_inputs(37, 12, 3, dtype, device)
+    return [(logits, None), (logits, mask)]
+
+
+def _z_backward_samples(device, dtype):
+    logits, _, mask = router_inputs(37, 12, 3, dtype, device)
+    return [(torch.tensor(0.5, device=device), logits.detach(), m) for m in (None, mask)]
+
+
+def _fused_gating_samples(device, dtype):
+    logits, _, mask = router_inputs(37, 12, 3, dtype, device)
+    return [(logits, 3, True, mask), (logits, 3, False, None), (logits[:1], 12, True, mask[:1]),
+            (logits[:0], 1, True, None), (logits, 3, True, torch.zeros_like(mask))]
+
+
+def _fused_gating_backward_samples(device, dtype):
+    samples = []
+    for T, E, k, normalize, masked in ((37, 12, 3, True, True), (37, 12, 3, False, False), (5, 1, 1, True, True)):
+        logits, _, mask = router_inputs(T, E, k, dtype, device, seed=E)
+        m = mask if masked else None
+        weights, indices, _, counts = torch.ops.pesc.topk_gating_with_balancing_loss(logits.detach(), k, normalize, m)
+        grad_loss = torch.tensor(1.5, device=device)
+        samples.append((torch.randn_like(weights), grad_loss, logits.detach(), weights, indices, counts, m, normalize))
+    return samples
+
+
+def _router_bad_inputs(device):
+    logits = torch.randn(5, 8, device=device)
+    idx = torch.zeros(5, 2, dtype=torch.int32, device=device)
+    bad_ids = idx.clone()
+    bad_ids[3, 1] = 8
+    counts = torch.zeros(9, dtype=torch.int32, device=device)
+    return {
+        "topk_gating": [
+            BadInput((logits[0], 2, True), ValueError, r"pesc.topk_gating: logits must be a 2-D tensor"),
+            BadInput((logits.long(), 2, True), TypeError, "logits must be float32, float16 or bfloat16"),
+            BadInput((logits.double(), 2, True), TypeError, "logits must be float32"),
+            BadInput((logits, 0, True), ValueError, r"k must be in \[1, E=8\], got k=0"),
+            BadInput((logits, 9, True), ValueError, r"k must be in \[1, E=8\], got k=9"),
+            BadInput((logits[:, :4], 8, True), ValueError, r"k must be in \[1, E=4\], got k=8"),
+            BadInput((torch.randn(2, 1025, device=device), 1, True), ValueError, r"must be in \[1, 1024\]"),
+            BadInput((torch.randn(2, 0, device=device), 1, True), ValueError, "number of experts E"),
+        ],
+        "topk_gating_backward": [
+            BadInput((torch.zeros(5, 3, device=device), logits, torch.zeros(5, 2, device=device), idx, True),
+                     ValueError, r"pesc.topk_gating_backward: grad_weights must have the shape of indices"),
+            BadInput((torch.zeros(5, 2, device=device), logits, torch.zeros(5, 2, device=device, dtype=torch.half),
+                      idx, True), TypeError, "weights must be Float"),
+            BadInput((torch.zeros(5, 2, device=device), logits, torch.zeros(5, 2, device=device), bad_ids, True),
+                     IndexError, r"indices holds expert id 8 at \[3, 1\]", reads_data=True),
+        ],
+        "load_balancing_loss": [
+            BadInput((logits, idx, torch.ones(5, 1, dtype=torch.bool, device=device)), ValueError,
+                     "mask must be a 1-D tensor"),
+            BadInput((logits, idx.long(), None), TypeError, "indices must be Int"),
+            BadInput((logits, idx[:3], None), ValueError, r"indices.shape\[0\] must equal"),
+            BadInput((logits, torch.zeros(5, 9, dtype=torch.int32, device=device), None), ValueError,
+                     r"indices.shape\[1\] \(k\) must be in"),
+            BadInput((logits, bad_ids, None), IndexError,
+                     r"expert id 8 at \[3, 1\], outside \[0, num_experts=8\)", reads_data=True),
+        ],
+        "load_balancing_loss_backward": [
+            BadInput((torch.ones(2, device=device), logits, idx, None), ValueError, "grad must be a scalar"),
+            BadInput((torch.tensor(1.0, device=device).double(), logits, idx, None), TypeError, "grad must be Float"),
+        ],
+        "router_z_loss": [
+            BadInput((logits, torch.ones(4, dtype=torch.bool, device=device)), ValueError,
+                     r"mask.shape\[0\] must equal the number of tokens T"),
+            BadInput((logits, torch.ones(5, device=device)), TypeError, "mask must be Bool"),
+        ],
+        "router_z_loss_backward": [
+            BadInput((torch.tensor(1.0, device=device), logits[0], None), ValueError,
+                     r"pesc.router_z_loss_backward: logits must be a 2-D tensor"),
+        ],
+        "topk_gating_with_balancing_loss": [
+            BadInput((logits[0], 2, True, None), ValueError,
+                     r"pesc.topk_gating_with_balancing_loss: logits must be a 2-D tensor"),
+            BadInput((logits.long(), 2, True, None), TypeError, "logits must be float32, float16 or bfloat16"),
+            BadInput((logits, 0, True, None), ValueError, r"k must be in \[1, E=8\], got k=0"),
+            BadInput((logits, 9, True, None), ValueError, r"k must be in \[1, E=8\], got k=9"),
+            BadInput((logits, 2, True, torch.ones(4, dtype=torch.bool, device=device)), ValueError,
+                     r"mask.shape\[0\] must equal the number of tokens T"),
+            BadInput((logits, 2, True, torch.ones(5, device=device)), TypeError, "mask must be Bool"),
+        ],
+        "topk_gating_with_balancing_loss_backward": [
+            BadInput((torch.zeros(5, 2, device=device), torch.ones(2, device=device), logits,
+                      torch.zeros(5, 2, device=device), idx, counts, None, True), ValueError,
+                     r"pesc.topk_gating_with_balancing_loss_backward: grad_loss must be a scalar"),
+            BadInput((torch.zeros(5, 3, device=device), torch.tensor(1.0, device=device), logits,
+                      torch.zeros(5, 2, device=device), idx, counts, None, True), ValueError,
+                     r"grad_weights must have the shape of indices"),
+            BadInput((torch.zeros(5, 2, device=device), torch.tensor(1.0, device=device), logits,
+                      torch.zeros(5, 2, device=device), idx, counts[:8], None, True), ValueError,
+                     r"routed_counts.shape\[0\] must equal the number of experts E of logits plus 1"),
+            BadInput((torch.zeros(5, 2, device=device), torch.tensor(1.0, device=device), logits,
+                      torch.zeros(5, 2, device=device), idx, counts.long(), None, True), TypeError,
+                     "routed_counts must be Int"),
+            BadInput((torch.zeros(5, 2, device=device), torch.tensor(1.0, device=device), logits,
+                      torch.zeros(5, 2, device=device), bad_ids, counts, None, True), IndexError,
+                     r"indices holds expert id 8 at \[3, 1\]", reads_data=True),
+        ],
+    }
+
+
+def _large_router(device, dtype):
+    return router_inputs(9000, 64, 4, dtype, device, seed=3)
+
+
+
+def _large_topk_gating(device, dtype):
+    return (_large_router(device, dtype)[0], 4, True)
+
+
+def _large_fused_gating(device, dtype):
+    logits, _, mask = _large_router(device, dtype)
+    return (logits, 4, True, mask)
+
+
+def _large_z_loss(device, dtype):
+    logits, _, mask = _large_router(device, dtype)
+    return (logits, mask)
+
+
+OP_TABLE = [
+    OpInfo("topk_gating", _gating_samples, bad_inputs_of(_router_bad_inputs, "topk_gating"), public=ops.topk_gating,
+           reference=reference.topk_gating, thread_invariant=True,
+           large_sample=_large_topk_gating),
+    OpInfo("topk_gating_backward", _gating_backward_samples, bad_inputs_of(_router_bad_inputs, "topk_gating_backward"),
+           thread_invariant=True),
+    OpInfo("load_balancing_loss", _balance_samples, bad_inputs_of(_router_bad_inputs, "load_balancing_loss"),
+           public=ops.load_balancing_loss, reference=reference.load_balancing_loss, thread_invariant=True,
+           large_sample=_large_router),
+    OpInfo("load_balancing_loss_backward", _balance_backward_samples,
+           bad_inputs_of(_router_bad_inputs, "load_balancing_loss_backward"), thread_invariant=True),
+    OpInfo("router_z_loss", _z_samples, bad_inputs_of(_router_bad_inputs, "router_z_loss"), public=ops.router_z_loss,
+           reference=reference.router_z_loss, thread_invariant=True,
+           large_sample=_large_z_loss),
+    OpInfo("router_z_loss_backward", _z_backward_samples, bad_inputs_of(_router_bad_inputs, "router_z_loss_backward"),
+           thread_invariant=True),
+    OpInfo("topk_gating_with_balancing_loss", _fused_gating_samples,
+           bad_inputs_of(_router_bad_inputs, "topk_gating_with_balancing_loss"),
+           public=ops.topk_gating_with_balancing_loss,
+           reference=reference.topk_gating_with_balancing_loss, thread_invariant=True,
+           large_sample=_large_fused_gating),
+    OpInfo("topk_gating_with_balancing_loss_backward", _fused_gating_backward_samples,
+           bad_inputs_of(_router_bad_inputs, "topk_gating_with_balancing_loss_backward"), thread_invariant=True),
+]

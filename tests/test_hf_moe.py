@@ -7,7 +7,7 @@ auxiliary loss on where the model has one: logits, loss, aux loss and every para
 transformers' eager implementation equal those of the "pesc" experts backend and of patch_moe
 (experts + routers) within fp32 tolerance, with the same routing decisions. Also: a negative
 control (a flipped norm_topk_prob is detected), from_pretrained(..., experts_implementation="pesc"),
-generate(), bf16 forward error against fp32 no worse than transformers' own, the balancing loss,
+generate(), bf16 error against fp32 (per experts module) no worse than transformers' own, the balancing loss,
 expert-parallel sentinel ids, refusals, and the import without transformers.
 """
 import copy
@@ -179,23 +179,43 @@ def test_from_pretrained_and_generate(tmp_path):
     assert torch.equal(generated, eager.generate(ids, attention_mask=mask, max_new_tokens=4, do_sample=False))
 
 
-@pytest.mark.parametrize("family", ["mixtral", "gpt_oss", "deepseek_v3"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_bf16_error_no_worse_than_transformers(family):
-    """Against the fp32 eager model, pesc in bf16 is at least as accurate as transformers in bf16."""
-    fp32 = make_model(family).eval()
+    """In bf16, the pesc experts backend is at least as accurate against fp32 as transformers' own.
+
+    Measured per experts module, on the inputs the fp32 model gives it (hidden states cast to bf16,
+    the same expert ids and routing weights): a whole-model comparison would mostly measure which
+    near-tied routing decisions bf16 rounding flips in later layers, not the backend's arithmetic.
+    """
+    model = make_model(family).eval()
+    captured = []
+    handles = [module.register_forward_pre_hook(lambda m, args: captured.append((m, args)))
+               for module in model.modules() if hasattr(module, "has_gate") and hasattr(module, "_apply_gate")]
     ids, mask, _ = batch()
     with torch.no_grad():
-        reference = fp32(input_ids=ids, attention_mask=mask).logits
-    errors = {}
-    for name in ("eager", "grouped_mm", "pesc"):
-        model = copy.deepcopy(fp32).to(torch.bfloat16)
-        if name == "pesc":
-            pesc_hf.patch_moe(model)
-        else:
-            model.set_experts_implementation(name)
+        model(input_ids=ids, attention_mask=mask)
+    for handle in handles:
+        handle.remove()
+    assert captured
+    errors = {"eager": 0.0, "grouped_mm": 0.0, "pesc": 0.0}
+    for experts, (hidden, top_k_index, top_k_weights) in captured:
         with torch.no_grad():
-            logits = model(input_ids=ids, attention_mask=mask).logits.float()
-        errors[name] = (logits - reference).norm().item() / reference.norm().item()
+            expected = experts(hidden, top_k_index, top_k_weights)
+        for name in errors:
+            bf16 = copy.deepcopy(experts).to(torch.bfloat16)
+            bf16.config._experts_implementation = name
+            try:
+                with torch.no_grad():
+                    got = bf16(hidden.bfloat16(), top_k_index, top_k_weights.bfloat16()).float()
+            except RuntimeError as error:
+                # torch._grouped_mm needs 16-byte strides: bf16 rows of 20 columns (the tiny Qwen
+                # experts here) are refused, so transformers' grouped_mm has no result there.
+                if name == "grouped_mm" and "strides should be multiple of 16 bytes" in str(error):
+                    errors[name] = float("inf")
+                    continue
+                raise
+            errors[name] += ((got - expected).norm() / expected.norm()).item()
+    assert errors["eager"] < float("inf")
     assert errors["pesc"] <= min(errors["eager"], errors["grouped_mm"]) * 1.02, errors
 
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 from _helpers import assert_close_to_reference
 from conftest import FLOAT_DTYPES
+from op_info import BadInput, OpInfo, bad_inputs_of, gen, randn, top_ids
 
 from pesc_kernels import ops, reference
 
@@ -305,3 +306,119 @@ def test_row_map_with_dropped_entries_cpu():
     repeated = torch.tensor([[0, ~0], [1, 2]], dtype=torch.int32)
     with pytest.raises(ValueError, match=r"row_map holds row 0 twice \(again at \[0, 1\]\)"):
         ops.unpermute(y_perm, repeated)
+
+
+# ------------------------------------------------------------------ the op table rows of this family
+# Run by tests/test_op_contract.py (see tests/op_info.py).
+def _with_invalid_ids(indices, E):
+    """int64 ids with some outside [0, E) (expert-parallel sentinels and negative ids)."""
+    ids = indices.long().clone()
+    ids.view(-1)[::5] = E
+    ids.view(-1)[3::7] = -1
+    return ids
+
+
+def _permute_samples(device, dtype):
+    x = randn((23, 12), dtype, device, 0, grad=True)
+    idx = top_ids(23, 6, 3, device)
+    return [(x, idx, 6), (x[:1], top_ids(1, 1, 1, device), 1),
+            (x[:0], top_ids(0, 4, 2, device), 4), (x[:9, :1], top_ids(9, 1024, 8, device), 1024),
+            (x, idx.long(), 6, False), (x, _with_invalid_ids(idx, 6), 6, True), (x, idx, 6, True)]
+
+
+def _unpermute_samples(device, dtype):
+    T, d, E, k = 23, 12, 6, 3
+    x = randn((T, d), dtype, device, 0)
+    x_perm, row_map, _ = torch.ops.pesc.permute(x, top_ids(T, E, k, device), E)
+    y_perm = x_perm.clone().requires_grad_(True)
+    weights = torch.rand(T, k, generator=gen(2)).to(device).requires_grad_(True)
+    residual = randn((T, d), dtype, device, 4, grad=True)
+    # Weights in the rows' dtype (as transformers' Qwen routers return them), and dropped slots.
+    weights_same = weights.detach().to(dtype).requires_grad_(True)
+    dropped_perm, dropped_map, _ = torch.ops.pesc.permute(x, _with_invalid_ids(top_ids(T, E, k, device), E), E, True)
+    return [(y_perm, row_map, w, r) for w in (None, weights) for r in (None, residual)] + [
+        (y_perm, row_map, weights_same, None), (dropped_perm.clone().requires_grad_(True), dropped_map, weights, None)]
+
+
+def _unpermute_backward_samples(device, dtype):
+    T, d, E, k = 23, 12, 6, 3
+    x = randn((T, d), dtype, device, 0)
+    x_perm, row_map, _ = torch.ops.pesc.permute(x, top_ids(T, E, k, device), E)
+    weights = torch.rand(T, k, generator=gen(2)).to(device)
+    grad_y = randn((T, d), dtype, device, 6)
+    dropped_perm, dropped_map, _ = torch.ops.pesc.permute(x, _with_invalid_ids(top_ids(T, E, k, device), E), E, True)
+    return [(grad_y, row_map, w, y) for w in (None, weights) for y in (None, x_perm)] + [
+        (grad_y, row_map, weights.to(dtype), x_perm), (grad_y, dropped_map, weights, dropped_perm)]
+
+
+def _permute_bad_inputs(device):
+    T, d, E, k = 5, 4, 8, 2
+    x = torch.randn(T, d, device=device)
+    idx = top_ids(T, E, k, device)
+    y_perm = torch.randn(T * k, d, device=device)
+    row_map = torch.ops.pesc.permute(x, idx, E)[1]
+    w = torch.rand(T, k, device=device)
+    bad_ids = idx.clone()
+    bad_ids[2, 1] = 8
+    repeated = row_map.clone()
+    repeated[3, 0] = repeated[0, 0]
+    return {
+        "permute": [
+            BadInput((x[0], idx, E), ValueError, r"pesc.permute: x must be a 2-D tensor \[T, d\]"),
+            BadInput((x.long(), idx, E), TypeError, "x must be float32, float16 or bfloat16"),
+            BadInput((x, idx.float(), E), TypeError, "indices must be Int or Long, got Float"),
+            BadInput((x, idx[:3], E), ValueError, r"indices.shape\[0\] must equal the number of tokens T of x"),
+            BadInput((x, idx[:, :0], E), ValueError, r"indices.shape\[1\] \(k\) must be >= 1"),
+            BadInput((x, idx, 0), ValueError, r"num_experts must be in \[1, 1024\], got 0"),
+            BadInput((x, idx, 1025), ValueError, r"num_experts must be in \[1, 1024\], got 1025"),
+            BadInput((x, bad_ids, E), IndexError,
+                     r"pesc.permute: indices holds expert id 8 at \[2, 1\], outside \[0, num_experts=8\)",
+                     reads_data=True),
+        ],
+        "unpermute": [
+            BadInput((y_perm[1:], row_map, None, None), ValueError,
+                     r"pesc.unpermute: y_perm.shape\[0\] must equal the number of routed rows N = T\*k of row_map "
+                     r"\(10\)"),
+            BadInput((y_perm, row_map.long(), None, None), TypeError, "row_map must be Int"),
+            BadInput((y_perm, row_map, w[:, :1], None), ValueError, r"weights must have the shape of row_map"),
+            BadInput((y_perm, row_map, w.double(), None), TypeError,
+                     "weights must be float32, float16 or bfloat16, got Double"),
+            BadInput((y_perm, row_map, None, x[:4]), ValueError,
+                     r"residual.shape\[0\] must equal the number of tokens T of row_map \(5\)"),
+            BadInput((y_perm, row_map, None, x[:, :3]), ValueError,
+                     r"residual.shape\[1\] must equal the row width d \(4\)"),
+            BadInput((y_perm, row_map, None, x.half()), TypeError,
+                     r"residual must have the dtype of y_perm \(Float\), got Half"),
+            BadInput((y_perm, repeated, None, None), ValueError, r"row_map holds row \d+ twice", reads_data=True),
+        ],
+        "unpermute_backward": [
+            BadInput((x, row_map, w.int(), None), TypeError, "weights must be float32, float16 or bfloat16"),
+            BadInput((x, row_map[:4], None, None), ValueError,
+                     r"pesc.unpermute_backward: row_map.shape\[0\] must equal the number of tokens T of grad_y"),
+            BadInput((x, row_map, None, y_perm[:, :2]), ValueError, r"y_perm.shape\[1\] must equal the row width d"),
+            BadInput((x, row_map, None, y_perm.bfloat16()), TypeError, r"y_perm must have the dtype of grad_y"),
+        ],
+    }
+
+
+def _large_permute(device, dtype):
+    T, d, E, k = 4099, 136, 64, 8
+    return (randn((T, d), dtype, device, 0, grad=True), _with_invalid_ids(top_ids(T, E, k, device, seed=3), E), E,
+            True)
+
+
+def _large_unpermute(device, dtype):
+    x, indices, E, drop = _large_permute(device, dtype)
+    x_perm, row_map, _ = torch.ops.pesc.permute(x.detach(), indices, E, drop)
+    weights = torch.rand(*row_map.shape, generator=gen(7)).to(device).requires_grad_(True)
+    return (x_perm.requires_grad_(True), row_map, weights, randn(x.shape, dtype, device, 8, grad=True))
+
+
+OP_TABLE = [
+    OpInfo("permute", _permute_samples, bad_inputs_of(_permute_bad_inputs, "permute"), public=ops.permute,
+           reference=reference.permute, thread_invariant=True, large_sample=_large_permute),
+    OpInfo("unpermute", _unpermute_samples, bad_inputs_of(_permute_bad_inputs, "unpermute"), public=ops.unpermute,
+           reference=reference.unpermute, thread_invariant=True, large_sample=_large_unpermute),
+    OpInfo("unpermute_backward", _unpermute_backward_samples, bad_inputs_of(_permute_bad_inputs, "unpermute_backward"),
+           thread_invariant=True),
+]

@@ -10,6 +10,7 @@ import pytest
 import torch
 from _helpers import assert_close_to_reference
 from conftest import FLOAT_DTYPES
+from op_info import BadInput, OpInfo, bad_inputs_of, gen, router_inputs
 
 from pesc_kernels import ops, reference
 
@@ -108,3 +109,69 @@ def test_selects_what_transformers_deepseek_v3_router_selects(device):
     assert torch.equal(idx.long().sort(dim=-1).values, idx_hf.sort(dim=-1).values)
     torch.testing.assert_close(w.gather(1, idx.long().argsort(dim=-1)), w_hf.gather(1, order_hf), rtol=1e-5,
                                atol=1e-6)
+
+
+# ------------------------------------------------------------------ the op table rows of this family
+# Run by tests/test_op_contract.py (see tests/op_info.py).
+def _grouped_topk_samples(device, dtype):
+    logits, _, _ = router_inputs(37, 16, 3, dtype, device)
+    bias = torch.randn(16, generator=gen(5)).mul(0.1).to(device)
+    return [(logits, 3, "softmax", None, 1, 1, True, 1.0), (logits, 3, "sigmoid", bias, 4, 2, True, 2.5),
+            (logits, 4, "sigmoid", bias, 8, 3, False, 1.0), (logits, 8, "softmax", bias, 2, 1, False, 0.5),
+            (logits[:1], 16, "sigmoid", None, 1, 1, True, 1.0), (logits[:0], 2, "softmax", None, 4, 4, True, 1.0),
+            (logits, 3)]
+
+
+def _grouped_topk_backward_samples(device, dtype):
+    samples = []
+    for scoring, normalize, scaling in (("softmax", True, 1.0), ("sigmoid", True, 2.5), ("sigmoid", False, 1.5),
+                                        ("softmax", False, 1.0)):
+        logits, _, _ = router_inputs(37, 16, 3, dtype, device, seed=2)
+        weights, indices = torch.ops.pesc.grouped_topk_gating(logits.detach(), 3, scoring, None, 4, 2, normalize,
+                                                              scaling)
+        samples.append((torch.randn_like(weights), logits.detach(), indices, scoring, normalize, scaling))
+    return samples
+
+
+def _grouped_topk_bad_inputs(device):
+    logits = torch.randn(5, 8, device=device)
+    idx = torch.zeros(5, 2, dtype=torch.int32, device=device)
+    bad_ids = idx.clone()
+    bad_ids[3, 1] = 8
+    return {
+        "grouped_topk_gating": [
+            BadInput((logits[0], 2), ValueError, r"pesc.grouped_topk_gating: logits must be a 2-D tensor"),
+            BadInput((logits, 2, "tanh"), ValueError, "unknown scoring 'tanh'; valid: softmax, sigmoid"),
+            BadInput((logits, 2, "sigmoid", None, 3), ValueError, "num_groups must be >= 1 and divide E=8, got 3"),
+            BadInput((logits, 2, "sigmoid", None, 4, 5), ValueError, r"topk_groups must be in \[1, num_groups=4\]"),
+            BadInput((logits, 5, "sigmoid", None, 4, 2), ValueError,
+                     r"k must be in \[1, topk_groups \* E / num_groups = 4\], got k=5"),
+            BadInput((logits, 2, "sigmoid", torch.zeros(7, device=device)), ValueError,
+                     r"bias.shape\[0\] must equal the number of experts E of logits \(8\)"),
+            BadInput((logits, 2, "sigmoid", torch.zeros(8, device=device).half()), TypeError, "bias must be Float"),
+            BadInput((logits, 2, "sigmoid", None, 1, 1, True, float("inf")), ValueError, "scaling must be finite"),
+        ],
+        "grouped_topk_gating_backward": [
+            BadInput((torch.zeros(5, 3, device=device), logits, idx, "sigmoid", True, 1.0), ValueError,
+                     "grad_weights must have the shape of indices"),
+            BadInput((torch.zeros(5, 2, device=device), logits, idx.long(), "sigmoid", True, 1.0), TypeError,
+                     "indices must be Int"),
+            BadInput((torch.zeros(5, 2, device=device), logits, bad_ids, "sigmoid", True, 1.0), IndexError,
+                     r"indices holds expert id 8 at \[3, 1\]", reads_data=True),
+        ],
+    }
+
+
+def _large_grouped_topk(device, dtype):
+    logits = router_inputs(9000, 64, 4, dtype, device, seed=3)[0]
+    bias = torch.randn(64, generator=gen(6)).mul(0.1).to(device)
+    return (logits, 6, "sigmoid", bias, 8, 4, True, 2.5)
+
+
+OP_TABLE = [
+    OpInfo("grouped_topk_gating", _grouped_topk_samples, bad_inputs_of(_grouped_topk_bad_inputs, "grouped_topk_gating"),
+           public=ops.grouped_topk_gating, reference=reference.grouped_topk_gating, thread_invariant=True,
+           large_sample=_large_grouped_topk),
+    OpInfo("grouped_topk_gating_backward", _grouped_topk_backward_samples,
+           bad_inputs_of(_grouped_topk_bad_inputs, "grouped_topk_gating_backward"), thread_invariant=True),
+]
