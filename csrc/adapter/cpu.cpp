@@ -33,18 +33,26 @@
 #include <algorithm>
 #include <atomic>
 #include <numeric>
+#include <tuple>
 #include <type_traits>
 #include <vector>
 
 #include <torch/library.h>
 
 #include "adapter/activations.h"
+#include "adapter/cpu_buffers.h"
 #include "adapter/gated.h"
 #include "adapter/ops.h"
 #include "core/tensor_utils.h"
 
 namespace pesc {
 namespace {
+
+// The outputs a validator allocated, each replaced by a reusable buffer of its shape (adapter/cpu_buffers.h).
+template <typename... Ts>
+std::tuple<Ts...> reusable(std::tuple<Ts...> outputs) {
+  return std::apply([](const auto&... t) { return std::tuple<Ts...>{reusable_like(t)...}; }, outputs);
+}
 
 // Rows per row piece. fp32 BLAS is about as fast at 256 rows as at 4096 on one core, while the
 // bf16/fp16 paths (oneDNN) want longer panels.
@@ -154,8 +162,28 @@ void activation_rows(const at::Tensor& h, const at::Tensor& out, const Piece& p,
   });
 }
 
+// fp32 gelu, gelu_tanh and silu run through torch's own elementwise kernels on the piece's block:
+// those are vectorised for the CPU's widest instruction set (AVX2/AVX-512), which this extension,
+// built for the baseline ISA, cannot assume; erf and exp in a scalar loop cost as much as the
+// piece's GEMMs at r = 512. The other activations and dtypes take the shared helpers of
+// adapter/activations.h, whose single fp32 rounding fp16/bf16 need.
+bool uses_torch_activation(const at::Tensor& h, Activation act) {
+  return h.scalar_type() == at::kFloat &&
+         (act == Activation::Gelu || act == Activation::GeluTanh || act == Activation::Silu);
+}
+
 // a = scaling * act(h) for one row piece.
 void scaled_activation_rows(const at::Tensor& h, const at::Tensor& a, const Piece& p, Activation act, float scaling) {
+  if (uses_torch_activation(h, act)) {
+    at::Tensor out = rows(a, p);
+    if (act == Activation::Silu) {
+      at::silu_out(out, rows(h, p));
+    } else {
+      at::gelu_out(out, rows(h, p), act == Activation::Gelu ? "none" : "tanh");
+    }
+    if (scaling != 1.f) out.mul_(scaling);
+    return;
+  }
   activation_rows(h, a, p, act, [scaling](auto kind, const auto* h_rows, auto* a_rows, int64_t n) {
     using scalar_t = std::remove_pointer_t<decltype(a_rows)>;
     for (int64_t i = 0; i < n; ++i)
@@ -165,6 +193,16 @@ void scaled_activation_rows(const at::Tensor& h, const at::Tensor& a, const Piec
 
 // g = scaling * act'(h) * g in place for one row piece (dA becomes dh).
 void activation_grad_rows(const at::Tensor& h, const at::Tensor& g, const Piece& p, Activation act, float scaling) {
+  if (uses_torch_activation(h, act)) {
+    at::Tensor grad = rows(g, p);
+    if (act == Activation::Silu) {
+      at::silu_backward_out(grad, grad, rows(h, p));
+    } else {
+      at::gelu_backward_out(grad, grad, rows(h, p), act == Activation::Gelu ? "none" : "tanh");
+    }
+    if (scaling != 1.f) grad.mul_(scaling);
+    return;
+  }
   activation_rows(h, g, p, act, [scaling](auto kind, const auto* h_rows, auto* g_rows, int64_t n) {
     using scalar_t = std::remove_pointer_t<decltype(g_rows)>;
     for (int64_t i = 0; i < n; ++i)
@@ -212,7 +250,7 @@ void bias_grad(const at::Tensor& grad_y, const std::vector<int64_t>& offsets, at
 
 at::Tensor grouped_mm_cpu(const at::Tensor& x_in, const at::Tensor& w_in, const at::Tensor& expert_offsets,
                           const std::optional<at::Tensor>& bias_in, bool w_transposed) {
-  at::Tensor y = grouped_mm_outputs(x_in, w_in, expert_offsets, bias_in, w_transposed);
+  at::Tensor y = reusable_like(grouped_mm_outputs(x_in, w_in, expert_offsets, bias_in, w_transposed));
   const at::Tensor x = x_in.contiguous(), w = w_in.contiguous();
   const auto bias = contiguous_optional(bias_in);
   const std::vector<int64_t> offsets = read_offsets(expert_offsets);
@@ -235,7 +273,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> grouped_mm_backward_cpu(const at:
                                                                        bool w_transposed,
                                                                        std::array<bool, 3> output_mask) {
   auto [grad_x, grad_w, grad_bias] =
-      grouped_mm_backward_outputs(grad_y_in, x_in, w_in, expert_offsets, w_transposed, output_mask);
+      reusable(grouped_mm_backward_outputs(grad_y_in, x_in, w_in, expert_offsets, w_transposed, output_mask));
   const at::Tensor grad_y = grad_y_in.contiguous(), x = x_in.contiguous(), w = w_in.contiguous();
   const std::vector<int64_t> offsets = read_offsets(expert_offsets);
   if (output_mask[0]) {
@@ -270,7 +308,7 @@ void for_each_gated_rows(const at::Tensor& h, int64_t F, const GatedKind& kind, 
 
 at::Tensor gated_activation_cpu(const at::Tensor& h_in, std::string_view activation, bool interleaved, double limit,
                                 double alpha) {
-  at::Tensor a = gated_activation_outputs(h_in, activation, interleaved, limit, alpha);
+  at::Tensor a = reusable_like(gated_activation_outputs(h_in, activation, interleaved, limit, alpha));
   const GatedKind kind = parse_gated_kind("pesc.gated_activation", activation, limit, alpha);
   const at::Tensor h = h_in.contiguous();
   const int64_t F = a.size(1);
@@ -293,7 +331,8 @@ at::Tensor gated_activation_cpu(const at::Tensor& h_in, std::string_view activat
 
 at::Tensor gated_activation_backward_cpu(const at::Tensor& grad_a_in, const at::Tensor& h_in,
                                          std::string_view activation, bool interleaved, double limit, double alpha) {
-  at::Tensor grad_h = gated_activation_backward_outputs(grad_a_in, h_in, activation, interleaved, limit, alpha);
+  at::Tensor grad_h =
+      reusable_like(gated_activation_backward_outputs(grad_a_in, h_in, activation, interleaved, limit, alpha));
   const GatedKind kind = parse_gated_kind("pesc.gated_activation_backward", activation, limit, alpha);
   const at::Tensor h = h_in.contiguous(), grad_a = grad_a_in.contiguous();
   const int64_t F = grad_a.size(1);
@@ -320,10 +359,10 @@ at::Tensor gated_activation_backward_cpu(const at::Tensor& grad_a_in, const at::
 std::tuple<at::Tensor, at::Tensor> adapter_cpu(const at::Tensor& x_in, const at::Tensor& w_down_in,
                                                const at::Tensor& w_up_in, const at::Tensor& expert_offsets,
                                                std::string_view activation, double scaling) {
-  auto [y, h] = adapter_outputs(x_in, w_down_in, w_up_in, expert_offsets, activation, scaling);
+  auto [y, h] = reusable(adapter_outputs(x_in, w_down_in, w_up_in, expert_offsets, activation, scaling));
   const Activation act = parse_activation("pesc.adapter", activation);
   const at::Tensor x = x_in.contiguous(), w_down = w_down_in.contiguous(), w_up = w_up_in.contiguous();
-  at::Tensor a = activation_is_identity(act, scaling) ? h : at::empty_like(h);
+  at::Tensor a = activation_is_identity(act, scaling) ? h : reusable_like(h);
   const std::vector<int64_t> offsets = read_offsets(expert_offsets);
   for_each_row_piece(row_pieces(offsets, rows_per_piece(x)), [&](const Piece& p) {
     mm_into(rows(h, p), rows(x, p), w_down.select(0, p.expert));
@@ -341,8 +380,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> adapter_backward_cpu(const at::Te
                                                                     const at::Tensor& expert_offsets,
                                                                     const at::Tensor& h_in, std::string_view activation,
                                                                     double scaling, std::array<bool, 3> output_mask) {
-  auto [grad_x, grad_down, grad_up] = adapter_backward_outputs(grad_y_in, x_in, w_down_in, w_up_in, expert_offsets,
-                                                               h_in, activation, scaling, output_mask);
+  auto [grad_x, grad_down, grad_up] = reusable(adapter_backward_outputs(
+      grad_y_in, x_in, w_down_in, w_up_in, expert_offsets, h_in, activation, scaling, output_mask));
   const Activation act = parse_activation("pesc.adapter_backward", activation);
   const at::Tensor grad_y = grad_y_in.contiguous(), x = x_in.contiguous(), h = h_in.contiguous();
   const at::Tensor w_down = w_down_in.contiguous(), w_up = w_up_in.contiguous();
@@ -350,8 +389,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> adapter_backward_cpu(const at::Te
   const bool need_dh = need_x || need_down;
   const float s = static_cast<float>(scaling);
   const std::vector<int64_t> offsets = read_offsets(expert_offsets);
-  at::Tensor dh = need_dh ? at::empty_like(h) : at::Tensor();
-  at::Tensor a = need_up && !activation_is_identity(act, scaling) ? at::empty_like(h) : h;
+  at::Tensor dh = need_dh ? reusable_like(h) : at::Tensor();
+  at::Tensor a = need_up && !activation_is_identity(act, scaling) ? reusable_like(h) : h;
   // Row pieces: dA = dy @ w_up^T becomes dh in place, then dx = dh @ w_down^T; a = s * act(h) for dw_up.
   if (need_dh || !a.is_same(h)) {
     for_each_row_piece(row_pieces(offsets, rows_per_piece(x)), [&](const Piece& p) {
