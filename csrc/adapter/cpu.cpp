@@ -17,7 +17,7 @@
 //
 // Work is cut into pieces whose shapes depend only on the problem (never on the thread count):
 //   row pieces     (expert, rows [b, b + rows_per_piece)) for the products that write rows,
-//   weight pieces  (expert, a block of kWeightBlock output columns of a weight gradient), each
+//   weight pieces  (expert, a block of weight_block output columns of a weight gradient), each
 //                  reducing over the whole segment in one GEMM, so no partial sums or atomics.
 // Each piece is one single-threaded BLAS call on contiguous or simply-strided views (no copies);
 // the threads take pieces from a shared queue ordered largest first, so experts run in parallel
@@ -54,11 +54,17 @@ std::tuple<Ts...> reusable(std::tuple<Ts...> outputs) {
   return std::apply([](const auto&... t) { return std::tuple<Ts...>{reusable_like(t)...}; }, outputs);
 }
 
-// Rows per row piece. fp32 BLAS is about as fast at 256 rows as at 4096 on one core, while the
-// bf16/fp16 paths (oneDNN) want longer panels.
-int64_t rows_per_piece(const at::Tensor& x) { return x.scalar_type() == at::kFloat ? 256 : 1024; }
-// Output columns of a weight gradient per weight piece.
-constexpr int64_t kWeightBlock = 256;
+// Rows per row piece: long enough that BLAS amortises packing the expert's weight (a 256-row
+// piece ran 3-25% slower than a whole segment of 512-1024 rows on one core), short enough that a
+// large segment still splits across threads.
+constexpr int64_t kRowsPerPiece = 1024;
+// Output columns per weight piece: a whole gradient row per expert (blocks cost 5-10%: each one
+// repacks the shared operand) unless there are fewer than 16 experts, then about 16 / E blocks,
+// so small E still gives every thread pieces. Depends on the problem only, never the thread count.
+int64_t weight_block(int64_t E, int64_t M) {
+  const int64_t blocks = ceil_div(16, std::max<int64_t>(E, 1));
+  return std::max<int64_t>(64, ceil_div(ceil_div(M, blocks), 64) * 64);
+}
 
 // A unit of work: rows [begin, end) of expert `expert` (row pieces), or columns [begin, end) of
 // expert `expert`'s block of weight gradient number `product` (weight pieces).
@@ -130,10 +136,10 @@ struct WeightGrad {
 void weight_grads(const std::vector<WeightGrad>& products, const std::vector<int64_t>& offsets) {
   std::vector<Piece> pieces;
   for (size_t k = 0; k < products.size(); ++k) {
-    const int64_t E = products[k].grad.size(0), M = products[k].grad.size(2);
+    const int64_t E = products[k].grad.size(0), M = products[k].grad.size(2), block = weight_block(E, M);
     for (int64_t e = 0; e < E; ++e)
-      for (int64_t b = 0; b < std::max<int64_t>(M, 1); b += kWeightBlock)
-        pieces.push_back({e, b, std::min(b + kWeightBlock, M), static_cast<int>(k)});
+      for (int64_t b = 0; b < std::max<int64_t>(M, 1); b += block)
+        pieces.push_back({e, b, std::min(b + block, M), static_cast<int>(k)});
   }
   const auto cost = [&](const Piece& p) {
     const int64_t K = products[p.product].grad.size(1);
@@ -227,12 +233,13 @@ at::Tensor expert_weight(const at::Tensor& w, int64_t e, bool w_transposed) {
 }
 
 // grad_bias[e, c] = sum over the rows of segment e of grad_y[row, c], in fp32 and row order; pieces
-// are (expert, block of kWeightBlock columns). Empty experts get zeros.
+// are (expert, block of weight_block columns). Empty experts get zeros.
 void bias_grad(const at::Tensor& grad_y, const std::vector<int64_t>& offsets, at::Tensor& grad_bias) {
   const int64_t E = grad_bias.size(0), M = grad_bias.size(1);
   std::vector<Piece> pieces;
+  const int64_t block = weight_block(E, M);
   for (int64_t e = 0; e < E; ++e)
-    for (int64_t b = 0; b < M; b += kWeightBlock) pieces.push_back({e, b, std::min(b + kWeightBlock, M)});
+    for (int64_t b = 0; b < M; b += block) pieces.push_back({e, b, std::min(b + block, M)});
   const auto cost = [&](const Piece& p) { return (segment_rows(offsets, p.expert) + 1) * p.size(); };
   PESC_DTYPE_SWITCH(dtype_of(grad_y), HostTypes, [&] {
     const scalar_t* dy = grad_y.data_ptr<scalar_t>();
@@ -254,7 +261,7 @@ at::Tensor grouped_mm_cpu(const at::Tensor& x_in, const at::Tensor& w_in, const 
   const at::Tensor x = x_in.contiguous(), w = w_in.contiguous();
   const auto bias = contiguous_optional(bias_in);
   const std::vector<int64_t> offsets = read_offsets(expert_offsets);
-  for_each_row_piece(row_pieces(offsets, rows_per_piece(x)), [&](const Piece& p) {
+  for_each_row_piece(row_pieces(offsets, kRowsPerPiece), [&](const Piece& p) {
     at::Tensor out = rows(y, p);
     const at::Tensor we = expert_weight(w, p.expert, w_transposed);
     if (bias.has_value()) {
@@ -277,7 +284,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> grouped_mm_backward_cpu(const at:
   const at::Tensor grad_y = grad_y_in.contiguous(), x = x_in.contiguous(), w = w_in.contiguous();
   const std::vector<int64_t> offsets = read_offsets(expert_offsets);
   if (output_mask[0]) {
-    for_each_row_piece(row_pieces(offsets, rows_per_piece(x)), [&](const Piece& p) {
+    for_each_row_piece(row_pieces(offsets, kRowsPerPiece), [&](const Piece& p) {
       mm_into(rows(grad_x, p), rows(grad_y, p), expert_weight(w, p.expert, w_transposed).t());
     });
     zero_dropped_rows(grad_x, offsets);
@@ -364,7 +371,7 @@ std::tuple<at::Tensor, at::Tensor> adapter_cpu(const at::Tensor& x_in, const at:
   const at::Tensor x = x_in.contiguous(), w_down = w_down_in.contiguous(), w_up = w_up_in.contiguous();
   at::Tensor a = activation_is_identity(act, scaling) ? h : reusable_like(h);
   const std::vector<int64_t> offsets = read_offsets(expert_offsets);
-  for_each_row_piece(row_pieces(offsets, rows_per_piece(x)), [&](const Piece& p) {
+  for_each_row_piece(row_pieces(offsets, kRowsPerPiece), [&](const Piece& p) {
     mm_into(rows(h, p), rows(x, p), w_down.select(0, p.expert));
     if (!a.is_same(h)) scaled_activation_rows(h, a, p, act, static_cast<float>(scaling));
     mm_into(rows(y, p), rows(a, p), w_up.select(0, p.expert));
@@ -393,7 +400,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> adapter_backward_cpu(const at::Te
   at::Tensor a = need_up && !activation_is_identity(act, scaling) ? reusable_like(h) : h;
   // Row pieces: dA = dy @ w_up^T becomes dh in place, then dx = dh @ w_down^T; a = s * act(h) for dw_up.
   if (need_dh || !a.is_same(h)) {
-    for_each_row_piece(row_pieces(offsets, rows_per_piece(x)), [&](const Piece& p) {
+    for_each_row_piece(row_pieces(offsets, kRowsPerPiece), [&](const Piece& p) {
       if (!a.is_same(h)) scaled_activation_rows(h, a, p, act, s);
       if (!need_dh) return;
       mm_into(rows(dh, p), rows(grad_y, p), w_up.select(0, p.expert).t());
