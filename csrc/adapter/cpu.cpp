@@ -17,7 +17,7 @@
 //
 // Work is cut into pieces whose shapes depend only on the problem (never on the thread count):
 //   row pieces     (expert, rows [b, b + rows_per_piece)) for the products that write rows,
-//   weight pieces  (expert, a block of kWeightBlock output columns of a weight gradient), each
+//   weight pieces  (expert, a block of weight_block output columns of a weight gradient), each
 //                  reducing over the whole segment in one GEMM, so no partial sums or atomics.
 // Each piece is one single-threaded BLAS call on contiguous or simply-strided views (no copies);
 // the threads take pieces from a shared queue ordered largest first, so experts run in parallel
@@ -33,12 +33,14 @@
 #include <algorithm>
 #include <atomic>
 #include <numeric>
+#include <tuple>
 #include <type_traits>
 #include <vector>
 
 #include <torch/library.h>
 
 #include "adapter/activations.h"
+#include "adapter/cpu_buffers.h"
 #include "adapter/gated.h"
 #include "adapter/ops.h"
 #include "core/tensor_utils.h"
@@ -46,11 +48,23 @@
 namespace pesc {
 namespace {
 
-// Rows per row piece. fp32 BLAS is about as fast at 256 rows as at 4096 on one core, while the
-// bf16/fp16 paths (oneDNN) want longer panels.
-int64_t rows_per_piece(const at::Tensor& x) { return x.scalar_type() == at::kFloat ? 256 : 1024; }
-// Output columns of a weight gradient per weight piece.
-constexpr int64_t kWeightBlock = 256;
+// The outputs a validator allocated, each replaced by a reusable buffer of its shape (adapter/cpu_buffers.h).
+template <typename... Ts>
+std::tuple<Ts...> reusable(std::tuple<Ts...> outputs) {
+  return std::apply([](const auto&... t) { return std::tuple<Ts...>{reusable_like(t)...}; }, outputs);
+}
+
+// Rows per row piece: long enough that BLAS amortises packing the expert's weight (a 256-row
+// piece ran 3-25% slower than a whole segment of 512-1024 rows on one core), short enough that a
+// large segment still splits across threads.
+constexpr int64_t kRowsPerPiece = 1024;
+// Output columns per weight piece: a whole gradient row per expert (blocks cost 5-10%: each one
+// repacks the shared operand) unless there are fewer than 16 experts, then about 16 / E blocks,
+// so small E still gives every thread pieces. Depends on the problem only, never the thread count.
+int64_t weight_block(int64_t E, int64_t M) {
+  const int64_t blocks = ceil_div(16, std::max<int64_t>(E, 1));
+  return std::max<int64_t>(64, ceil_div(ceil_div(M, blocks), 64) * 64);
+}
 
 // A unit of work: rows [begin, end) of expert `expert` (row pieces), or columns [begin, end) of
 // expert `expert`'s block of weight gradient number `product` (weight pieces).
@@ -122,10 +136,10 @@ struct WeightGrad {
 void weight_grads(const std::vector<WeightGrad>& products, const std::vector<int64_t>& offsets) {
   std::vector<Piece> pieces;
   for (size_t k = 0; k < products.size(); ++k) {
-    const int64_t E = products[k].grad.size(0), M = products[k].grad.size(2);
+    const int64_t E = products[k].grad.size(0), M = products[k].grad.size(2), block = weight_block(E, M);
     for (int64_t e = 0; e < E; ++e)
-      for (int64_t b = 0; b < std::max<int64_t>(M, 1); b += kWeightBlock)
-        pieces.push_back({e, b, std::min(b + kWeightBlock, M), static_cast<int>(k)});
+      for (int64_t b = 0; b < std::max<int64_t>(M, 1); b += block)
+        pieces.push_back({e, b, std::min(b + block, M), static_cast<int>(k)});
   }
   const auto cost = [&](const Piece& p) {
     const int64_t K = products[p.product].grad.size(1);
@@ -154,8 +168,28 @@ void activation_rows(const at::Tensor& h, const at::Tensor& out, const Piece& p,
   });
 }
 
+// fp32 gelu, gelu_tanh and silu run through torch's own elementwise kernels on the piece's block:
+// those are vectorised for the CPU's widest instruction set (AVX2/AVX-512), which this extension,
+// built for the baseline ISA, cannot assume; erf and exp in a scalar loop cost as much as the
+// piece's GEMMs at r = 512. The other activations and dtypes take the shared helpers of
+// adapter/activations.h, whose single fp32 rounding fp16/bf16 need.
+bool uses_torch_activation(const at::Tensor& h, Activation act) {
+  return h.scalar_type() == at::kFloat &&
+         (act == Activation::Gelu || act == Activation::GeluTanh || act == Activation::Silu);
+}
+
 // a = scaling * act(h) for one row piece.
 void scaled_activation_rows(const at::Tensor& h, const at::Tensor& a, const Piece& p, Activation act, float scaling) {
+  if (uses_torch_activation(h, act)) {
+    at::Tensor out = rows(a, p);
+    if (act == Activation::Silu) {
+      at::silu_out(out, rows(h, p));
+    } else {
+      at::gelu_out(out, rows(h, p), act == Activation::Gelu ? "none" : "tanh");
+    }
+    if (scaling != 1.f) out.mul_(scaling);
+    return;
+  }
   activation_rows(h, a, p, act, [scaling](auto kind, const auto* h_rows, auto* a_rows, int64_t n) {
     using scalar_t = std::remove_pointer_t<decltype(a_rows)>;
     for (int64_t i = 0; i < n; ++i)
@@ -165,6 +199,16 @@ void scaled_activation_rows(const at::Tensor& h, const at::Tensor& a, const Piec
 
 // g = scaling * act'(h) * g in place for one row piece (dA becomes dh).
 void activation_grad_rows(const at::Tensor& h, const at::Tensor& g, const Piece& p, Activation act, float scaling) {
+  if (uses_torch_activation(h, act)) {
+    at::Tensor grad = rows(g, p);
+    if (act == Activation::Silu) {
+      at::silu_backward_out(grad, grad, rows(h, p));
+    } else {
+      at::gelu_backward_out(grad, grad, rows(h, p), act == Activation::Gelu ? "none" : "tanh");
+    }
+    if (scaling != 1.f) grad.mul_(scaling);
+    return;
+  }
   activation_rows(h, g, p, act, [scaling](auto kind, const auto* h_rows, auto* g_rows, int64_t n) {
     using scalar_t = std::remove_pointer_t<decltype(g_rows)>;
     for (int64_t i = 0; i < n; ++i)
@@ -189,12 +233,13 @@ at::Tensor expert_weight(const at::Tensor& w, int64_t e, bool w_transposed) {
 }
 
 // grad_bias[e, c] = sum over the rows of segment e of grad_y[row, c], in fp32 and row order; pieces
-// are (expert, block of kWeightBlock columns). Empty experts get zeros.
+// are (expert, block of weight_block columns). Empty experts get zeros.
 void bias_grad(const at::Tensor& grad_y, const std::vector<int64_t>& offsets, at::Tensor& grad_bias) {
   const int64_t E = grad_bias.size(0), M = grad_bias.size(1);
   std::vector<Piece> pieces;
+  const int64_t block = weight_block(E, M);
   for (int64_t e = 0; e < E; ++e)
-    for (int64_t b = 0; b < M; b += kWeightBlock) pieces.push_back({e, b, std::min(b + kWeightBlock, M)});
+    for (int64_t b = 0; b < M; b += block) pieces.push_back({e, b, std::min(b + block, M)});
   const auto cost = [&](const Piece& p) { return (segment_rows(offsets, p.expert) + 1) * p.size(); };
   PESC_DTYPE_SWITCH(dtype_of(grad_y), HostTypes, [&] {
     const scalar_t* dy = grad_y.data_ptr<scalar_t>();
@@ -212,11 +257,11 @@ void bias_grad(const at::Tensor& grad_y, const std::vector<int64_t>& offsets, at
 
 at::Tensor grouped_mm_cpu(const at::Tensor& x_in, const at::Tensor& w_in, const at::Tensor& expert_offsets,
                           const std::optional<at::Tensor>& bias_in, bool w_transposed) {
-  at::Tensor y = grouped_mm_outputs(x_in, w_in, expert_offsets, bias_in, w_transposed);
+  at::Tensor y = reusable_like(grouped_mm_outputs(x_in, w_in, expert_offsets, bias_in, w_transposed));
   const at::Tensor x = x_in.contiguous(), w = w_in.contiguous();
   const auto bias = contiguous_optional(bias_in);
   const std::vector<int64_t> offsets = read_offsets(expert_offsets);
-  for_each_row_piece(row_pieces(offsets, rows_per_piece(x)), [&](const Piece& p) {
+  for_each_row_piece(row_pieces(offsets, kRowsPerPiece), [&](const Piece& p) {
     at::Tensor out = rows(y, p);
     const at::Tensor we = expert_weight(w, p.expert, w_transposed);
     if (bias.has_value()) {
@@ -235,11 +280,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> grouped_mm_backward_cpu(const at:
                                                                        bool w_transposed,
                                                                        std::array<bool, 3> output_mask) {
   auto [grad_x, grad_w, grad_bias] =
-      grouped_mm_backward_outputs(grad_y_in, x_in, w_in, expert_offsets, w_transposed, output_mask);
+      reusable(grouped_mm_backward_outputs(grad_y_in, x_in, w_in, expert_offsets, w_transposed, output_mask));
   const at::Tensor grad_y = grad_y_in.contiguous(), x = x_in.contiguous(), w = w_in.contiguous();
   const std::vector<int64_t> offsets = read_offsets(expert_offsets);
   if (output_mask[0]) {
-    for_each_row_piece(row_pieces(offsets, rows_per_piece(x)), [&](const Piece& p) {
+    for_each_row_piece(row_pieces(offsets, kRowsPerPiece), [&](const Piece& p) {
       mm_into(rows(grad_x, p), rows(grad_y, p), expert_weight(w, p.expert, w_transposed).t());
     });
     zero_dropped_rows(grad_x, offsets);
@@ -270,7 +315,7 @@ void for_each_gated_rows(const at::Tensor& h, int64_t F, const GatedKind& kind, 
 
 at::Tensor gated_activation_cpu(const at::Tensor& h_in, std::string_view activation, bool interleaved, double limit,
                                 double alpha) {
-  at::Tensor a = gated_activation_outputs(h_in, activation, interleaved, limit, alpha);
+  at::Tensor a = reusable_like(gated_activation_outputs(h_in, activation, interleaved, limit, alpha));
   const GatedKind kind = parse_gated_kind("pesc.gated_activation", activation, limit, alpha);
   const at::Tensor h = h_in.contiguous();
   const int64_t F = a.size(1);
@@ -293,7 +338,8 @@ at::Tensor gated_activation_cpu(const at::Tensor& h_in, std::string_view activat
 
 at::Tensor gated_activation_backward_cpu(const at::Tensor& grad_a_in, const at::Tensor& h_in,
                                          std::string_view activation, bool interleaved, double limit, double alpha) {
-  at::Tensor grad_h = gated_activation_backward_outputs(grad_a_in, h_in, activation, interleaved, limit, alpha);
+  at::Tensor grad_h =
+      reusable_like(gated_activation_backward_outputs(grad_a_in, h_in, activation, interleaved, limit, alpha));
   const GatedKind kind = parse_gated_kind("pesc.gated_activation_backward", activation, limit, alpha);
   const at::Tensor h = h_in.contiguous(), grad_a = grad_a_in.contiguous();
   const int64_t F = grad_a.size(1);
@@ -320,12 +366,12 @@ at::Tensor gated_activation_backward_cpu(const at::Tensor& grad_a_in, const at::
 std::tuple<at::Tensor, at::Tensor> adapter_cpu(const at::Tensor& x_in, const at::Tensor& w_down_in,
                                                const at::Tensor& w_up_in, const at::Tensor& expert_offsets,
                                                std::string_view activation, double scaling) {
-  auto [y, h] = adapter_outputs(x_in, w_down_in, w_up_in, expert_offsets, activation, scaling);
+  auto [y, h] = reusable(adapter_outputs(x_in, w_down_in, w_up_in, expert_offsets, activation, scaling));
   const Activation act = parse_activation("pesc.adapter", activation);
   const at::Tensor x = x_in.contiguous(), w_down = w_down_in.contiguous(), w_up = w_up_in.contiguous();
-  at::Tensor a = activation_is_identity(act, scaling) ? h : at::empty_like(h);
+  at::Tensor a = activation_is_identity(act, scaling) ? h : reusable_like(h);
   const std::vector<int64_t> offsets = read_offsets(expert_offsets);
-  for_each_row_piece(row_pieces(offsets, rows_per_piece(x)), [&](const Piece& p) {
+  for_each_row_piece(row_pieces(offsets, kRowsPerPiece), [&](const Piece& p) {
     mm_into(rows(h, p), rows(x, p), w_down.select(0, p.expert));
     if (!a.is_same(h)) scaled_activation_rows(h, a, p, act, static_cast<float>(scaling));
     mm_into(rows(y, p), rows(a, p), w_up.select(0, p.expert));
@@ -341,8 +387,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> adapter_backward_cpu(const at::Te
                                                                     const at::Tensor& expert_offsets,
                                                                     const at::Tensor& h_in, std::string_view activation,
                                                                     double scaling, std::array<bool, 3> output_mask) {
-  auto [grad_x, grad_down, grad_up] = adapter_backward_outputs(grad_y_in, x_in, w_down_in, w_up_in, expert_offsets,
-                                                               h_in, activation, scaling, output_mask);
+  auto [grad_x, grad_down, grad_up] = reusable(adapter_backward_outputs(
+      grad_y_in, x_in, w_down_in, w_up_in, expert_offsets, h_in, activation, scaling, output_mask));
   const Activation act = parse_activation("pesc.adapter_backward", activation);
   const at::Tensor grad_y = grad_y_in.contiguous(), x = x_in.contiguous(), h = h_in.contiguous();
   const at::Tensor w_down = w_down_in.contiguous(), w_up = w_up_in.contiguous();
@@ -350,11 +396,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> adapter_backward_cpu(const at::Te
   const bool need_dh = need_x || need_down;
   const float s = static_cast<float>(scaling);
   const std::vector<int64_t> offsets = read_offsets(expert_offsets);
-  at::Tensor dh = need_dh ? at::empty_like(h) : at::Tensor();
-  at::Tensor a = need_up && !activation_is_identity(act, scaling) ? at::empty_like(h) : h;
+  at::Tensor dh = need_dh ? reusable_like(h) : at::Tensor();
+  at::Tensor a = need_up && !activation_is_identity(act, scaling) ? reusable_like(h) : h;
   // Row pieces: dA = dy @ w_up^T becomes dh in place, then dx = dh @ w_down^T; a = s * act(h) for dw_up.
   if (need_dh || !a.is_same(h)) {
-    for_each_row_piece(row_pieces(offsets, rows_per_piece(x)), [&](const Piece& p) {
+    for_each_row_piece(row_pieces(offsets, kRowsPerPiece), [&](const Piece& p) {
       if (!a.is_same(h)) scaled_activation_rows(h, a, p, act, s);
       if (!need_dh) return;
       mm_into(rows(dh, p), rows(grad_y, p), w_up.select(0, p.expert).t());

@@ -15,6 +15,8 @@
 //   gather_rows:  out[t] = residual[t] + sum_j w[t,j] * src[row_map[t,j]] in fp32, skipping dropped
 //                 slots; unpermute's forward and, with no weights or residual, permute's backward.
 // The counting sort itself is a serial pass over the N ids: it is tiny next to the row copies.
+// The [*, d] outputs come from the reusable CPU buffers of adapter/cpu_buffers.h (no page faults
+// on the memory of the previous step's outputs).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
@@ -25,6 +27,7 @@
 
 #include <torch/library.h>
 
+#include "adapter/cpu_buffers.h"
 #include "core/checks.h"
 #include "core/tensor_utils.h"
 #include "permute/math.h"
@@ -138,6 +141,7 @@ std::vector<uint32_t> slot_buckets(const at::Tensor& indices, int32_t E, bool dr
 std::tuple<at::Tensor, at::Tensor, at::Tensor> permute_cpu(const at::Tensor& x_in, const at::Tensor& indices_in,
                                                            int64_t num_experts, bool drop_invalid) {
   auto [x_perm, row_map, offsets] = permute_outputs(x_in, indices_in, num_experts, drop_invalid);
+  x_perm = reusable_like(x_perm);
   const at::Tensor x = x_in.contiguous(), indices = indices_in.contiguous();
   const int64_t T = x.size(0), d = x.size(1), k = indices.size(1), N = T * k;
   const int32_t E = static_cast<int32_t>(num_experts);
@@ -167,7 +171,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> permute_cpu(const at::Tensor& x_i
 
 at::Tensor unpermute_cpu(const at::Tensor& y_perm_in, const at::Tensor& row_map_in,
                          const std::optional<at::Tensor>& weights_in, const std::optional<at::Tensor>& residual_in) {
-  at::Tensor y = unpermute_outputs(y_perm_in, row_map_in, weights_in, residual_in);
+  at::Tensor y = reusable_like(unpermute_outputs(y_perm_in, row_map_in, weights_in, residual_in));
   check_row_map_cpu("pesc.unpermute", row_map_in);
   const at::Tensor y_perm = y_perm_in.contiguous(), row_map = row_map_in.contiguous();
   const auto weights = weights_fp32(weights_in), residual = contiguous_optional(residual_in);
@@ -183,6 +187,7 @@ std::tuple<at::Tensor, at::Tensor> unpermute_backward_cpu(const at::Tensor& grad
                                                           const std::optional<at::Tensor>& weights_in,
                                                           const std::optional<at::Tensor>& y_perm_in) {
   auto [grad_y_perm, grad_weights] = unpermute_backward_outputs(grad_y_in, row_map_in, weights_in, y_perm_in);
+  grad_y_perm = reusable_like(grad_y_perm);
   check_row_map_cpu("pesc.unpermute_backward", row_map_in);
   const at::Tensor grad_y = grad_y_in.contiguous(), row_map = row_map_in.contiguous();
   const auto weights = weights_fp32(weights_in), y_perm = contiguous_optional(y_perm_in);

@@ -1,0 +1,107 @@
+// The reusable CPU output allocator (contract and rationale in adapter/cpu_buffers.h): a free list
+// of large blocks keyed by their size (a multiple of 2 MiB), guarded by a mutex. Allocation takes a
+// cached block of exactly that size or maps a new one; the DataPtr's deleter puts the block back
+// while the cache stays under its limit. The allocator object is never destroyed, so tensors that
+// outlive static destruction still have a valid deleter.
+#include "adapter/cpu_buffers.h"
+
+#include <ATen/ATen.h>
+#include <ATen/EmptyTensor.h>
+#include <c10/core/Allocator.h>
+
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <mutex>
+#include <new>
+#include <unordered_map>
+#include <vector>
+
+namespace pesc {
+namespace {
+
+constexpr size_t kBlockAlign = size_t{2} << 20;  // the x86-64 huge page size
+constexpr size_t kMinBytes = size_t{1} << 20;    // smaller tensors: torch's allocator
+
+// What the cache may keep: an eighth of physical memory.
+size_t kept_bytes_limit() {
+  const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+  return pages > 0 && page > 0 ? static_cast<size_t>(pages) * static_cast<size_t>(page) / 8 : size_t{1} << 30;
+}
+
+class ReusableAllocator final : public c10::Allocator {
+ public:
+  c10::DataPtr allocate(size_t bytes) override {
+    const size_t size = (bytes + kBlockAlign - 1) / kBlockAlign * kBlockAlign;
+    void* block = take(size);
+    if (block == nullptr) block = map_block(size);
+    return {block, new Block{block, size}, &release, c10::Device(c10::DeviceType::CPU)};
+  }
+
+  void copy_data(void* dest, const void* src, size_t count) const override { default_copy_data(dest, src, count); }
+
+  static ReusableAllocator& instance() {
+    static ReusableAllocator* allocator = new ReusableAllocator();  // never destroyed (see above)
+    return *allocator;
+  }
+
+ private:
+  struct Block {
+    void* data;
+    size_t size;
+  };
+
+  static void* map_block(size_t size) {
+    void* block = nullptr;
+    if (posix_memalign(&block, kBlockAlign, size) != 0) throw std::bad_alloc();
+#ifdef MADV_HUGEPAGE
+    madvise(block, size, MADV_HUGEPAGE);  // advice only: without THP the block is still valid
+#endif
+    return block;
+  }
+
+  void* take(size_t size) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto it = free_.find(size);
+    if (it == free_.end() || it->second.empty()) return nullptr;
+    void* block = it->second.back();
+    it->second.pop_back();
+    kept_ -= size;
+    return block;
+  }
+
+  static void release(void* context) {
+    const Block* block = static_cast<Block*>(context);
+    instance().give_back(block->data, block->size);
+    delete block;
+  }
+
+  void give_back(void* data, size_t size) {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (kept_ + size <= limit_) {
+        free_[size].push_back(data);
+        kept_ += size;
+        return;
+      }
+    }
+    std::free(data);
+  }
+
+  std::mutex mutex_;
+  std::unordered_map<size_t, std::vector<void*>> free_;
+  size_t kept_ = 0;
+  const size_t limit_ = kept_bytes_limit();
+};
+
+}  // namespace
+
+at::Tensor reusable_like(const at::Tensor& t) {
+  if (t.nbytes() < kMinBytes) return at::empty(t.sizes(), t.options().memory_format(at::MemoryFormat::Contiguous));
+  return at::Tensor(at::detail::empty_generic(t.sizes(), &ReusableAllocator::instance(),
+                                              c10::DispatchKeySet(c10::DispatchKey::CPU), t.scalar_type(),
+                                              std::nullopt));
+}
+
+}  // namespace pesc
