@@ -40,7 +40,7 @@
 #include <torch/library.h>
 
 #include "adapter/activations.h"
-#include "adapter/cpu_buffers.h"
+#include "core/cpu_buffers.h"
 #include "adapter/gated.h"
 #include "adapter/ops.h"
 #include "core/tensor_utils.h"
@@ -48,7 +48,7 @@
 namespace pesc {
 namespace {
 
-// The outputs a validator allocated, each replaced by a reusable buffer of its shape (adapter/cpu_buffers.h).
+// The outputs a validator allocated, each replaced by a reusable buffer of its shape (core/cpu_buffers.h).
 template <typename... Ts>
 std::tuple<Ts...> reusable(std::tuple<Ts...> outputs) {
   return std::apply([](const auto&... t) { return std::tuple<Ts...>{reusable_like(t)...}; }, outputs);

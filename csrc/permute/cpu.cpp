@@ -15,7 +15,7 @@
 //   gather_rows:  out[t] = residual[t] + sum_j w[t,j] * src[row_map[t,j]] in fp32, skipping dropped
 //                 slots; unpermute's forward and, with no weights or residual, permute's backward.
 // The counting sort itself is a serial pass over the N ids: it is tiny next to the row copies.
-// The [*, d] outputs come from the reusable CPU buffers of adapter/cpu_buffers.h (no page faults
+// The [*, d] outputs come from the reusable CPU buffers of core/cpu_buffers.h (no page faults
 // on the memory of the previous step's outputs).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -27,7 +27,7 @@
 
 #include <torch/library.h>
 
-#include "adapter/cpu_buffers.h"
+#include "core/cpu_buffers.h"
 #include "core/checks.h"
 #include "core/tensor_utils.h"
 #include "permute/math.h"

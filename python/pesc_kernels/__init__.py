@@ -11,7 +11,7 @@ the frozen dense FFN and adds a small rank-r adapter, and a top-k router picks e
   Qwen2idae) in and out; ``python -m pesc_kernels convert`` converts directories.
 """
 from . import ops, reference
-from ._library import build_info
+from ._library import build_info, cpu_buffer_cache_info, empty_cpu_buffer_cache, set_cpu_buffer_cache_limit
 from ._version import __version__
 from .checkpoints import from_pretrained, load_pesc, save_official, save_pesc
 from .config import PESCConfig
@@ -20,6 +20,7 @@ from .layer import PESCMoE
 
 __all__ = [
     "ops", "reference", "build_info", "__version__",
+    "cpu_buffer_cache_info", "empty_cpu_buffer_cache", "set_cpu_buffer_cache_limit",
     "PESCConfig", "PESCMoE", "craft", "trainable_parameter_summary", "router_losses", "pesc_parameters",
     "save_pesc", "load_pesc", "from_pretrained", "save_official",
 ]

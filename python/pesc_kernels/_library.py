@@ -37,6 +37,32 @@ def build_info() -> dict:
     return dict(_C.build_info())
 
 
+def cpu_buffer_cache_info() -> dict:
+    """The reusable CPU output buffers of the kernels (docs/design.md, "Performance"): freed blocks
+    of 1 MiB and more that the CPU kernels keep for reuse, so a training step's outputs land in memory
+    that is already mapped. Returns ``{"kept_bytes", "limit_bytes"}`` (both 0 without the extension)."""
+    if _C is None:
+        return {"kept_bytes": 0, "limit_bytes": 0}
+    return dict(_C.cpu_buffer_cache_stats())
+
+
+def empty_cpu_buffer_cache() -> None:
+    """Returns every kept CPU buffer to the system (buffers in use are unaffected), as
+    ``torch.cuda.empty_cache()`` does for CUDA."""
+    if _C is not None:
+        _C.empty_cpu_buffer_cache()
+
+
+def set_cpu_buffer_cache_limit(limit_bytes: int) -> None:
+    """Sets how many bytes of freed CPU buffers are kept for reuse (0 turns the reuse off) and returns
+    what is kept beyond it. The default is an eighth of physical memory, or the environment variable
+    ``PESC_CPU_BUFFER_CACHE_BYTES`` when it is set before the extension loads."""
+    if not isinstance(limit_bytes, int) or isinstance(limit_bytes, bool) or limit_bytes < 0:
+        raise ValueError(f"set_cpu_buffer_cache_limit: limit_bytes must be an int >= 0, got {limit_bytes!r}")
+    if _C is not None:
+        _C.set_cpu_buffer_cache_limit(limit_bytes)
+
+
 def _kernel_table() -> dict[tuple[str, str], bool]:
     """(op, device type) -> has a compiled kernel, computed once at import.
 

@@ -5,7 +5,9 @@ CPU: torch has no CPU peak counter, so we sample the bytes in use on the C heap 
 ``mallinfo2``: in-use arena bytes plus mmapped chunks, where torch's CPU tensors live) after every
 ATen op of the call, seen through a TorchDispatchMode, and report the peak minus the bytes in use
 before the call. Transient buffers that an op allocates and frees internally are not seen; all
-candidates are measured the same way, so ratios between them are meaningful.
+candidates are measured the same way, so ratios between them are meaningful. The kernels' reusable
+CPU output buffers are turned off during the call (their kept blocks would count as in use), so
+the figure is the memory the call's live tensors need.
 """
 from __future__ import annotations
 
@@ -15,6 +17,8 @@ import gc
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
+
+from .._library import cpu_buffer_cache_info, set_cpu_buffer_cache_limit
 
 
 class _MallInfo2(ctypes.Structure):
@@ -64,7 +68,13 @@ def peak_memory_bytes(fn, device: torch.device) -> int | None:
         return torch.cuda.max_memory_allocated() - before
     if device.type != "cpu" or _mallinfo2 is None:
         return None
-    before = heap_in_use()
-    with _PeakHeapMode() as mode:
-        fn()
+    limit = cpu_buffer_cache_info()["limit_bytes"]
+    set_cpu_buffer_cache_limit(0)
+    try:
+        gc.collect()
+        before = heap_in_use()
+        with _PeakHeapMode() as mode:
+            fn()
+    finally:
+        set_cpu_buffer_cache_limit(limit)
     return max(0, mode.peak - before)

@@ -9,17 +9,33 @@
 // 2 MiB aligned and marked for transparent huge pages, which cuts their faults 512-fold where the
 // kernel allows it (THP "madvise" or "always").
 //
-// The cache holds at most a fixed share of physical memory (kept_bytes_limit); a freed block that
-// would exceed it goes back to the system. Buffers are uninitialised, like at::empty. Memory comes
-// from glibc (posix_memalign), so heap statistics count cached blocks as in use.
+// The cache keeps at most `limit` bytes of freed blocks: by default an eighth of physical memory,
+// or PESC_CPU_BUFFER_CACHE_BYTES when that is set at load time (0 turns the cache off); a freed
+// block that would pass the limit goes back to the system. Like torch's CUDA caching allocator,
+// the kept blocks can be returned at any time (empty_cpu_buffer_cache). Buffers are uninitialised,
+// like at::empty. Memory comes from glibc (posix_memalign), so heap statistics count kept blocks as
+// in use until they are returned.
 #pragma once
 
 #include <ATen/core/Tensor.h>
+
+#include <cstddef>
 
 namespace pesc {
 
 // A new uninitialised contiguous CPU tensor of t's sizes and dtype: on the reusable allocator from
 // 1 MiB up, below that from torch's (whose arenas already reuse small blocks).
 at::Tensor reusable_like(const at::Tensor& t);
+
+struct CpuBufferCacheStats {
+  size_t kept_bytes;   // freed blocks held for reuse
+  size_t limit_bytes;  // the most it keeps
+};
+
+CpuBufferCacheStats cpu_buffer_cache_stats();
+// Returns every kept block to the system; blocks in use are unaffected.
+void empty_cpu_buffer_cache();
+// Sets the limit (0: keep nothing) and returns kept blocks beyond it to the system.
+void set_cpu_buffer_cache_limit(size_t bytes);
 
 }  // namespace pesc

@@ -1,9 +1,9 @@
-// The reusable CPU output allocator (contract and rationale in adapter/cpu_buffers.h): a free list
+// The reusable CPU output allocator (contract and rationale in core/cpu_buffers.h): a free list
 // of large blocks keyed by their size (a multiple of 2 MiB), guarded by a mutex. Allocation takes a
 // cached block of exactly that size or maps a new one; the DataPtr's deleter puts the block back
 // while the cache stays under its limit. The allocator object is never destroyed, so tensors that
 // outlive static destruction still have a valid deleter.
-#include "adapter/cpu_buffers.h"
+#include "core/cpu_buffers.h"
 
 #include <ATen/ATen.h>
 #include <ATen/EmptyTensor.h>
@@ -24,8 +24,16 @@ namespace {
 constexpr size_t kBlockAlign = size_t{2} << 20;  // the x86-64 huge page size
 constexpr size_t kMinBytes = size_t{1} << 20;    // smaller tensors: torch's allocator
 
-// What the cache may keep: an eighth of physical memory.
-size_t kept_bytes_limit() {
+// What the cache may keep unless told otherwise: PESC_CPU_BUFFER_CACHE_BYTES, else an eighth of
+// physical memory.
+size_t default_limit() {
+  if (const char* env = std::getenv("PESC_CPU_BUFFER_CACHE_BYTES"); env != nullptr && *env != '\0') {
+    char* end = nullptr;
+    const unsigned long long bytes = std::strtoull(env, &end, 10);
+    TORCH_CHECK(end != nullptr && *end == '\0', "PESC_CPU_BUFFER_CACHE_BYTES must be a number of bytes, got '", env,
+                "'");
+    return static_cast<size_t>(bytes);
+  }
   const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
   return pages > 0 && page > 0 ? static_cast<size_t>(pages) * static_cast<size_t>(page) / 8 : size_t{1} << 30;
 }
@@ -40,6 +48,28 @@ class ReusableAllocator final : public c10::Allocator {
   }
 
   void copy_data(void* dest, const void* src, size_t count) const override { default_copy_data(dest, src, count); }
+
+  CpuBufferCacheStats stats() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return {kept_, limit_};
+  }
+
+  // Lowers the kept bytes to at most `limit` (and makes it the new limit when `set_limit`).
+  void trim(size_t limit, bool set_limit) {
+    std::vector<void*> returned;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (set_limit) limit_ = limit;
+      for (auto& [size, blocks] : free_) {
+        while (kept_ > limit && !blocks.empty()) {
+          returned.push_back(blocks.back());
+          blocks.pop_back();
+          kept_ -= size;
+        }
+      }
+    }
+    for (void* block : returned) std::free(block);
+  }
 
   static ReusableAllocator& instance() {
     static ReusableAllocator* allocator = new ReusableAllocator();  // never destroyed (see above)
@@ -92,10 +122,16 @@ class ReusableAllocator final : public c10::Allocator {
   std::mutex mutex_;
   std::unordered_map<size_t, std::vector<void*>> free_;
   size_t kept_ = 0;
-  const size_t limit_ = kept_bytes_limit();
+  size_t limit_ = default_limit();
 };
 
 }  // namespace
+
+CpuBufferCacheStats cpu_buffer_cache_stats() { return ReusableAllocator::instance().stats(); }
+
+void empty_cpu_buffer_cache() { ReusableAllocator::instance().trim(0, false); }
+
+void set_cpu_buffer_cache_limit(size_t bytes) { ReusableAllocator::instance().trim(bytes, true); }
 
 at::Tensor reusable_like(const at::Tensor& t) {
   if (t.nbytes() < kMinBytes) return at::empty(t.sizes(), t.options().memory_format(at::MemoryFormat::Contiguous));
