@@ -1,6 +1,8 @@
 // Generic argument checks used by every op's validator (see checks.h).
 #include "core/checks.h"
 
+#include "core/limits.h"
+
 #include <c10/util/Exception.h>
 
 #include <sstream>
@@ -66,6 +68,14 @@ void check_expert_ids_cpu(const char* op, const at::Tensor& ids, int64_t num_exp
                         "], outside [0, num_experts=", num_experts, ")");
     }
   }
+}
+
+void check_router_logits(const char* op, const at::Tensor& logits) {
+  check_dim(op, logits, 2, "logits", "[T, E]");
+  check_float_dtype(op, logits, "logits");
+  const c10::SymInt& E = logits.sym_size(1);
+  TORCH_CHECK_VALUE(E >= 1 && E <= kMaxExperts, op, ": logits.shape[1] (number of experts E) must be in [1, ",
+                    kMaxExperts, "], got ", E);
 }
 
 }  // namespace pesc

@@ -34,6 +34,9 @@ void check_size(const char* op, const at::Tensor& t, int64_t dim, const c10::Sym
 // A 2-D float tensor ("rows" of activations): [N, d] in fp32, fp16 or bf16.
 void check_rows(const char* op, const at::Tensor& t, const char* arg, const char* layout);
 
+// Router logits [T, E] in a float dtype with 1 <= E <= kMaxExperts (the routing families' input).
+void check_router_logits(const char* op, const at::Tensor& logits);
+
 // Reads the data (CPU tensors only): every int32 id in `ids` lies in [0, num_experts); the error
 // names the first offending value and its position.
 void check_expert_ids_cpu(const char* op, const at::Tensor& ids, int64_t num_experts, const char* arg);

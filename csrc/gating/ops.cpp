@@ -14,14 +14,6 @@
 namespace pesc {
 namespace {
 
-void check_logits(const char* op, const at::Tensor& logits) {
-  check_dim(op, logits, 2, "logits", "[T, E]");
-  check_float_dtype(op, logits, "logits");
-  const c10::SymInt& E = logits.sym_size(1);
-  TORCH_CHECK_VALUE(E >= 1 && E <= kMaxExperts, op, ": logits.shape[1] (number of experts E) must be in [1, ",
-                    kMaxExperts, "], got ", E);
-}
-
 void check_routing_indices(const char* op, const at::Tensor& logits, const at::Tensor& indices) {
   check_dim(op, indices, 2, "indices", "[T, k]");
   check_dtype(op, indices, at::kInt, "indices");
@@ -73,7 +65,7 @@ at::Tensor grad_like(const at::Tensor& logits) { return at::empty_symint(logits.
 
 std::tuple<at::Tensor, at::Tensor> topk_gating_outputs(const at::Tensor& logits, int64_t k, bool normalize) {
   const char* op = "pesc.topk_gating";
-  check_logits(op, logits);
+  check_router_logits(op, logits);
   check_top_k(op, logits, k);
   const c10::SymInt& T = logits.sym_size(0);
   return {at::empty_symint({T, k}, logits.options().dtype(at::kFloat)),
@@ -83,7 +75,7 @@ std::tuple<at::Tensor, at::Tensor> topk_gating_outputs(const at::Tensor& logits,
 at::Tensor topk_gating_backward_outputs(const at::Tensor& grad_weights, const at::Tensor& logits,
                                         const at::Tensor& weights, const at::Tensor& indices, bool normalize) {
   const char* op = "pesc.topk_gating_backward";
-  check_logits(op, logits);
+  check_router_logits(op, logits);
   check_routing_indices(op, logits, indices);
   check_routing_weights(op, grad_weights, "grad_weights", logits, indices);
   check_routing_weights(op, weights, "weights", logits, indices);
@@ -93,7 +85,7 @@ at::Tensor topk_gating_backward_outputs(const at::Tensor& grad_weights, const at
 at::Tensor load_balancing_loss_outputs(const at::Tensor& logits, const at::Tensor& indices,
                                        const std::optional<at::Tensor>& mask) {
   const char* op = "pesc.load_balancing_loss";
-  check_logits(op, logits);
+  check_router_logits(op, logits);
   check_routing_indices(op, logits, indices);
   check_router_mask(op, logits, mask);
   return scalar_loss(logits);
@@ -102,7 +94,7 @@ at::Tensor load_balancing_loss_outputs(const at::Tensor& logits, const at::Tenso
 at::Tensor load_balancing_loss_backward_outputs(const at::Tensor& grad, const at::Tensor& logits,
                                                 const at::Tensor& indices, const std::optional<at::Tensor>& mask) {
   const char* op = "pesc.load_balancing_loss_backward";
-  check_logits(op, logits);
+  check_router_logits(op, logits);
   check_routing_indices(op, logits, indices);
   check_router_mask(op, logits, mask);
   check_scalar_grad(op, grad, logits);
@@ -111,7 +103,7 @@ at::Tensor load_balancing_loss_backward_outputs(const at::Tensor& grad, const at
 
 at::Tensor router_z_loss_outputs(const at::Tensor& logits, const std::optional<at::Tensor>& mask) {
   const char* op = "pesc.router_z_loss";
-  check_logits(op, logits);
+  check_router_logits(op, logits);
   check_router_mask(op, logits, mask);
   return scalar_loss(logits);
 }
@@ -119,7 +111,7 @@ at::Tensor router_z_loss_outputs(const at::Tensor& logits, const std::optional<a
 at::Tensor router_z_loss_backward_outputs(const at::Tensor& grad, const at::Tensor& logits,
                                           const std::optional<at::Tensor>& mask) {
   const char* op = "pesc.router_z_loss_backward";
-  check_logits(op, logits);
+  check_router_logits(op, logits);
   check_router_mask(op, logits, mask);
   check_scalar_grad(op, grad, logits);
   return grad_like(logits);
@@ -154,7 +146,7 @@ namespace pesc {
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> topk_gating_with_balancing_loss_outputs(
     const at::Tensor& logits, int64_t k, bool normalize, const std::optional<at::Tensor>& mask) {
   const char* op = "pesc.topk_gating_with_balancing_loss";
-  check_logits(op, logits);
+  check_router_logits(op, logits);
   check_top_k(op, logits, k);
   check_router_mask(op, logits, mask);
   const c10::SymInt& T = logits.sym_size(0);
@@ -168,7 +160,7 @@ at::Tensor topk_gating_with_balancing_loss_backward_outputs(const at::Tensor& gr
                                                             const at::Tensor& indices, const at::Tensor& routed_counts,
                                                             const std::optional<at::Tensor>& mask, bool normalize) {
   const char* op = "pesc.topk_gating_with_balancing_loss_backward";
-  check_logits(op, logits);
+  check_router_logits(op, logits);
   check_routing_indices(op, logits, indices);
   check_routing_weights(op, grad_weights, "grad_weights", logits, indices);
   check_routing_weights(op, weights, "weights", logits, indices);

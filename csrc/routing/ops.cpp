@@ -11,18 +11,9 @@
 #include <limits>
 
 #include "core/checks.h"
-#include "core/limits.h"
 
 namespace pesc {
 namespace {
-
-void check_logits(const char* op, const at::Tensor& logits) {
-  check_dim(op, logits, 2, "logits", "[T, E]");
-  check_float_dtype(op, logits, "logits");
-  const c10::SymInt& E = logits.sym_size(1);
-  TORCH_CHECK_VALUE(E >= 1 && E <= kMaxExperts, op, ": logits.shape[1] (number of experts E) must be in [1, ",
-                    kMaxExperts, "], got ", E);
-}
 
 void check_scaling(const char* op, double scaling) {
   TORCH_CHECK_VALUE(std::isfinite(scaling), op, ": scaling must be finite, got ", scaling);
@@ -53,7 +44,7 @@ std::tuple<at::Tensor, at::Tensor> grouped_topk_gating_outputs(const at::Tensor&
                                                                int64_t num_groups, int64_t topk_groups, bool normalize,
                                                                double scaling) {
   const char* op = "pesc.grouped_topk_gating";
-  check_logits(op, logits);
+  check_router_logits(op, logits);
   parse_router_score(op, scoring);
   check_scaling(op, scaling);
   const c10::SymInt& T = logits.sym_size(0);
@@ -81,7 +72,7 @@ at::Tensor grouped_topk_gating_backward_outputs(const at::Tensor& grad_weights, 
                                                 const at::Tensor& indices, std::string_view scoring, bool normalize,
                                                 double scaling) {
   const char* op = "pesc.grouped_topk_gating_backward";
-  check_logits(op, logits);
+  check_router_logits(op, logits);
   parse_router_score(op, scoring);
   check_scaling(op, scaling);
   check_dim(op, indices, 2, "indices", "[T, k]");
