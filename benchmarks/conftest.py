@@ -9,12 +9,14 @@ id), so the table shows the baseline and ours side by side from the same run;
 import pytest
 import torch
 
+from pesc_kernels.bench import registry
+
 
 def pytest_addoption(parser):
     parser.addoption("--bench-device", default="cpu", choices=["cpu", "cuda"], help="device to benchmark on")
     parser.addoption("--bench-dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     parser.addoption("--bench-size", default="full", choices=["tiny", "quick", "full", "gpu"], help="size set")
-    parser.addoption("--bench-family", default=None, choices=["gating", "permute", "adapter", "layer"],
+    parser.addoption("--bench-family", default=None, choices=sorted(registry.FAMILIES),
                      help="one family (default: all)")
 
 

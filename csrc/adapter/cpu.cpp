@@ -40,9 +40,9 @@
 #include <torch/library.h>
 
 #include "adapter/activations.h"
-#include "core/cpu_buffers.h"
 #include "adapter/gated.h"
 #include "adapter/ops.h"
+#include "core/cpu_buffers.h"
 #include "core/tensor_utils.h"
 
 namespace pesc {

@@ -27,8 +27,8 @@
 
 #include <torch/library.h>
 
-#include "core/cpu_buffers.h"
 #include "core/checks.h"
+#include "core/cpu_buffers.h"
 #include "core/tensor_utils.h"
 #include "permute/math.h"
 #include "permute/ops.h"

@@ -6,6 +6,11 @@ One iteration is the MoE data movement around the experts, with the expert itsel
 shared FFN output is both permuted and added back), and for fwd+bwd ``y.backward(upstream)`` with
 gradients to x and the routing weights.
 
+Candidates (the first is the baseline): ``lean_torch``, the short plain-PyTorch formulation a user
+would write (a stable argsort of the flat ids, one ``index_select`` of the token rows, and the
+weighted sum of each token's k rows plus the residual), ``reference`` (pesc_kernels.reference,
+written for readability) and ``pesc``.
+
 Shapes: T in {4096, 16384}, d in {1024, 4096}, (E, k) in {(8, 2), (64, 8)}.
 """
 from __future__ import annotations
@@ -14,6 +19,24 @@ import torch
 
 from .. import ops, reference
 from .case import Case, CaseRun, leaf
+
+
+class LeanTorch:
+    """Dispatch and combine in a few lines of plain PyTorch (the ``lean_torch`` candidate)."""
+
+    @staticmethod
+    def permute(x, indices, num_experts):
+        T, k = indices.shape
+        order = indices.reshape(-1).argsort(stable=True)  # slots grouped by expert, in (t, j) order
+        x_perm = x.index_select(0, order // k)
+        row_map = torch.empty_like(order).scatter_(0, order, torch.arange(order.numel(), device=order.device))
+        return x_perm, row_map.view(T, k), None
+
+    @staticmethod
+    def unpermute(y_perm, row_map, weights, residual):
+        T, k = row_map.shape
+        rows = y_perm.index_select(0, row_map.reshape(-1)).view(T, k, -1)
+        return residual + (rows * weights.to(y_perm.dtype).unsqueeze(-1)).sum(1)
 
 
 def _dispatch_combine(impl, x, indices, weights, num_experts, upstream, backward):
@@ -53,6 +76,7 @@ def _build(T, d, E, k, backward):
         upstream = torch.randn(T, d, generator=gen).to(device=device, dtype=dtype)
         indices = indices.to(device)
         candidates = {
+            "lean_torch": _dispatch_combine(LeanTorch, x, indices, weights, E, upstream, backward),
             "reference": _dispatch_combine(reference, x, indices, weights, E, upstream, backward),
             "pesc": _dispatch_combine(ops, x, indices, weights, E, upstream, backward),
         }
@@ -79,6 +103,7 @@ def cases() -> list[Case]:
                         name=f"permute+unpermute {'fwd+bwd' if backward else 'fwd'}",
                         shape=f"T={T} d={d} E={E} k={k}",
                         build=_build(T, d, E, k, backward),
+                        candidates=("lean_torch", "reference", "pesc"),
                         sizes=sizes,
                     ))
     return cases
