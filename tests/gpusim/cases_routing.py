@@ -11,6 +11,7 @@ rejects them; CUDA cannot raise without a sync) contribute nothing, as routing/k
 from __future__ import annotations
 
 import torch
+from cases_gating import bad_ids
 from compare import assert_bitwise, assert_close, assert_ran
 from simcase import DTYPE_CODES, Case, out_like
 
@@ -84,17 +85,6 @@ def grouped_topk_case(T, E, k, dtype, scoring="sigmoid", with_bias=True, num_gro
     return Case(name, "grouped_topk_gating", _ints(dtype, T, E, k, scoring, num_groups, topk_groups, normalize),
                 {"logits": logits, "bias": bias, "weights": out_like((T, k), F32), "indices": out_like((T, k), I32)},
                 check, floats={"scaling": scaling}, cost=_cost(T, E, k, topk_groups))
-
-
-def bad_ids(indices, E, seed):
-    """Some ids replaced by values outside [0, E): -1, E, E + 5, INT32 extremes."""
-    gen = torch.Generator().manual_seed(seed + 11)
-    ids = indices.clone().reshape(-1)
-    if ids.numel():
-        pos = torch.randperm(ids.numel(), generator=gen)[: max(1, ids.numel() // 3)]
-        choices = torch.tensor([-1, E, E + 5, -(2**31), 2**31 - 1], dtype=I32)
-        ids[pos] = choices[torch.arange(pos.numel()) % choices.numel()]
-    return ids.reshape(indices.shape)
 
 
 def grouped_topk_backward_case(T, E, k, dtype, scoring="sigmoid", num_groups=1, topk_groups=1, normalize=True,
