@@ -1,6 +1,6 @@
 """The reusable CPU output buffers of the kernels (docs/design.md, "Performance"): freed outputs of
-1 MiB and more are kept for the next call of the same size, within a limit that Python can read,
-lower, and empty, and that PESC_CPU_BUFFER_CACHE_BYTES sets at load time."""
+64 KiB and more are kept for the next call of the same size class, within a limit that Python can
+read, lower, and empty, and that PESC_CPU_BUFFER_CACHE_BYTES sets at load time."""
 import os
 import subprocess
 import sys
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import pesc_kernels
-from pesc_kernels import ops
+from pesc_kernels import ops, reference
 
 MIB = 1 << 20
 
@@ -44,6 +44,25 @@ def test_freed_outputs_are_kept_reused_and_returned(cache_limit):
     assert pesc_kernels.cpu_buffer_cache_info()["kept_bytes"] == 0
     del y
     pesc_kernels.empty_cpu_buffer_cache()
+    assert pesc_kernels.cpu_buffer_cache_info()["kept_bytes"] == 0
+
+
+def test_smaller_outputs_are_kept_in_power_of_two_classes(cache_limit):
+    pesc_kernels.set_cpu_buffer_cache_limit(64 * MIB)
+    pesc_kernels.empty_cpu_buffer_cache()
+    logits = torch.randn(12800, 8, generator=torch.Generator().manual_seed(0))
+    weights, indices = ops.topk_gating(logits, 2)  # 100 KiB each: the 128 KiB class
+    pointers = {weights.data_ptr(), indices.data_ptr()}
+    del weights, indices
+    assert pesc_kernels.cpu_buffer_cache_info()["kept_bytes"] == 2 * 128 * 1024
+    weights, indices = ops.topk_gating(logits, 2)
+    assert {weights.data_ptr(), indices.data_ptr()} == pointers
+    assert pesc_kernels.cpu_buffer_cache_info()["kept_bytes"] == 0
+    torch.testing.assert_close(weights, reference.topk_gating(logits, 2)[0])
+    del weights, indices
+    pesc_kernels.empty_cpu_buffer_cache()
+    small = ops.topk_gating(logits[:1000], 2)  # 8000 bytes each: torch's allocator
+    del small
     assert pesc_kernels.cpu_buffer_cache_info()["kept_bytes"] == 0
 
 

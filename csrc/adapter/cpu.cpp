@@ -48,12 +48,6 @@
 namespace pesc {
 namespace {
 
-// The outputs a validator allocated, each replaced by a reusable buffer of its shape (core/cpu_buffers.h).
-template <typename... Ts>
-std::tuple<Ts...> reusable(std::tuple<Ts...> outputs) {
-  return std::apply([](const auto&... t) { return std::tuple<Ts...>{reusable_like(t)...}; }, outputs);
-}
-
 // Rows per row piece: long enough that BLAS amortises packing the expert's weight (a 256-row
 // piece ran 3-25% slower than a whole segment of 512-1024 rows on one core), short enough that a
 // large segment still splits across threads.

@@ -5,6 +5,8 @@
 
 #include <c10/util/Exception.h>
 
+#include <algorithm>
+#include <cstdint>
 #include <sstream>
 
 namespace pesc {
@@ -62,6 +64,11 @@ void check_expert_ids_cpu(const char* op, const at::Tensor& ids, int64_t num_exp
   const int32_t* data = flat.data_ptr<int32_t>();
   const int64_t n = flat.numel();
   const int64_t cols = flat.dim() >= 2 ? flat.size(-1) : 1;
+  // First a branch-free maximum the compiler vectorises (this check runs on every backward call);
+  // as unsigned values, negative ids compare above every valid one.
+  uint32_t largest = 0;
+  for (int64_t i = 0; i < n; ++i) largest = std::max(largest, static_cast<uint32_t>(data[i]));
+  if (n == 0 || static_cast<int64_t>(largest) < num_experts) return;
   for (int64_t i = 0; i < n; ++i) {
     if (data[i] < 0 || data[i] >= num_experts) {
       TORCH_CHECK_INDEX(false, op, ": ", arg, " holds expert id ", data[i], " at [", i / cols, ", ", i % cols,

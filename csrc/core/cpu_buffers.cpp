@@ -1,5 +1,5 @@
 // The reusable CPU output allocator (contract and rationale in core/cpu_buffers.h): a free list
-// of large blocks keyed by their size (a multiple of 2 MiB), guarded by a mutex. Allocation takes a
+// of blocks keyed by their size class (block_size), guarded by a mutex. Allocation takes a
 // cached block of exactly that size or maps a new one; the DataPtr's deleter puts the block back
 // while the cache stays under its limit. The allocator object is never destroyed, so tensors that
 // outlive static destruction still have a valid deleter.
@@ -22,7 +22,17 @@ namespace pesc {
 namespace {
 
 constexpr size_t kBlockAlign = size_t{2} << 20;  // the x86-64 huge page size
-constexpr size_t kMinBytes = size_t{1} << 20;    // smaller tensors: torch's allocator
+constexpr size_t kMinBytes = size_t{64} << 10;   // smaller tensors: torch's allocator
+constexpr size_t kPageBytes = size_t{4} << 10;
+
+// The size class of a request: below 2 MiB the next power of two (at most twice the request),
+// from there on a multiple of 2 MiB.
+size_t block_size(size_t bytes) {
+  if (bytes >= kBlockAlign) return (bytes + kBlockAlign - 1) / kBlockAlign * kBlockAlign;
+  size_t size = kMinBytes;
+  while (size < bytes) size *= 2;
+  return size;
+}
 
 // What the cache may keep unless told otherwise: PESC_CPU_BUFFER_CACHE_BYTES, else an eighth of
 // physical memory.
@@ -41,7 +51,7 @@ size_t default_limit() {
 class ReusableAllocator final : public c10::Allocator {
  public:
   c10::DataPtr allocate(size_t bytes) override {
-    const size_t size = (bytes + kBlockAlign - 1) / kBlockAlign * kBlockAlign;
+    const size_t size = block_size(bytes);
     void* block = take(size);
     if (block == nullptr) block = map_block(size);
     return {block, new Block{block, size}, &release, c10::Device(c10::DeviceType::CPU)};
@@ -84,9 +94,10 @@ class ReusableAllocator final : public c10::Allocator {
 
   static void* map_block(size_t size) {
     void* block = nullptr;
-    if (posix_memalign(&block, kBlockAlign, size) != 0) throw std::bad_alloc();
+    const bool huge = size >= kBlockAlign;
+    if (posix_memalign(&block, huge ? kBlockAlign : kPageBytes, size) != 0) throw std::bad_alloc();
 #ifdef MADV_HUGEPAGE
-    madvise(block, size, MADV_HUGEPAGE);  // advice only: without THP the block is still valid
+    if (huge) madvise(block, size, MADV_HUGEPAGE);  // advice only: without THP the block is still valid
 #endif
     return block;
   }

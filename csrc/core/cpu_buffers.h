@@ -4,10 +4,12 @@
 // that first writes it takes one page fault per 4 KiB page, and on virtual machines that costs
 // more than the writes themselves (about 1 ms per MiB measured, against 0.03 ms per MiB to
 // rewrite memory already mapped). A training step frees its outputs before the next step asks for
-// the same shapes again, so these buffers come from an allocator that keeps large freed blocks
-// (sizes rounded up to 2 MiB) and hands them out again, already mapped. Blocks it maps anew are
-// 2 MiB aligned and marked for transparent huge pages, which cuts their faults 512-fold where the
-// kernel allows it (THP "madvise" or "always").
+// the same shapes again, so these buffers come from an allocator that keeps freed blocks (sizes
+// rounded up to a power of two from 64 KiB, to a multiple of 2 MiB from 2 MiB) and hands them out
+// again, already mapped. glibc does not do that reliably for tensors of a few hundred KiB either:
+// when a step's other ops free large temporaries it trims the heap, and the next step faults the
+// pages in again. Blocks of 2 MiB and more are 2 MiB aligned and marked for transparent huge
+// pages, which cuts their faults 512-fold where the kernel allows it (THP "madvise" or "always").
 //
 // The cache keeps at most `limit` bytes of freed blocks: by default an eighth of physical memory,
 // or PESC_CPU_BUFFER_CACHE_BYTES when that is set at load time (0 turns the cache off); a freed
@@ -20,12 +22,19 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstddef>
+#include <tuple>
 
 namespace pesc {
 
 // A new uninitialised contiguous CPU tensor of t's sizes and dtype: on the reusable allocator from
-// 1 MiB up, below that from torch's (whose arenas already reuse small blocks).
+// 64 KiB up, below that from torch's (whose arenas reuse small blocks).
 at::Tensor reusable_like(const at::Tensor& t);
+
+// The outputs a validator allocated, each replaced by a reusable buffer of its shape.
+template <typename... Ts>
+std::tuple<Ts...> reusable(std::tuple<Ts...> outputs) {
+  return std::apply([](const auto&... t) { return std::tuple<Ts...>{reusable_like(t)...}; }, outputs);
+}
 
 struct CpuBufferCacheStats {
   size_t kept_bytes;   // freed blocks held for reuse

@@ -10,10 +10,11 @@
 // logits may be fp32, fp16 or bf16; all math runs in fp32 through the helpers in gating/math.h,
 // which the CUDA kernels run too.
 //
-// This file validates and allocates (gating/ops.h), deals chunks of kTokensPerChunk tokens to
-// threads with at::parallel_for, and calls the SIMD kernels of gating/cpu_kernels.h for the
-// instruction set chosen at first use: AVX2 where the CPU has it (unless ATEN_CPU_CAPABILITY=default),
-// else the portable build.
+// This file validates and allocates (gating/ops.h; the [T, k] and [T, E] outputs on the reusable
+// buffers of core/cpu_buffers.h), deals chunks of kTokensPerChunk tokens to threads with
+// at::parallel_for, and calls the SIMD kernels of gating/cpu_kernels.h for the instruction set
+// chosen at first use: AVX2 where the CPU has it (unless ATEN_CPU_CAPABILITY=default), else the
+// portable build.
 //
 // Determinism: the kernels write one partial sum per chunk, which this file adds in chunk order,
 // and every gradient row depends on its own token only; so every op gives the same bits for any
@@ -30,6 +31,7 @@
 #include <torch/library.h>
 
 #include "core/checks.h"
+#include "core/cpu_buffers.h"
 #include "core/tensor_utils.h"
 #include "gating/cpu_kernels.h"
 #include "gating/math.h"
@@ -170,7 +172,7 @@ void set_gating_gradient(RouterBackward& args, const at::Tensor& grad_weights, c
 }
 
 std::tuple<at::Tensor, at::Tensor> topk_gating_cpu(const at::Tensor& logits_in, int64_t k, bool normalize) {
-  auto [weights, indices] = topk_gating_outputs(logits_in, k, normalize);
+  auto [weights, indices] = reusable(topk_gating_outputs(logits_in, k, normalize));
   const at::Tensor logits = logits_in.contiguous();
   RouterForward args;
   args.logits = router_logits(logits, nullptr);
@@ -184,7 +186,8 @@ std::tuple<at::Tensor, at::Tensor> topk_gating_cpu(const at::Tensor& logits_in, 
 
 at::Tensor topk_gating_backward_cpu(const at::Tensor& grad_weights_in, const at::Tensor& logits_in,
                                     const at::Tensor& weights_in, const at::Tensor& indices_in, bool normalize) {
-  at::Tensor grad_logits = topk_gating_backward_outputs(grad_weights_in, logits_in, weights_in, indices_in, normalize);
+  at::Tensor grad_logits =
+      reusable_like(topk_gating_backward_outputs(grad_weights_in, logits_in, weights_in, indices_in, normalize));
   check_expert_ids_cpu("pesc.topk_gating_backward", indices_in, logits_in.size(1), "indices");
   const at::Tensor logits = logits_in.contiguous(), grad_weights = grad_weights_in.contiguous();
   const at::Tensor weights = weights_in.contiguous(), indices = indices_in.contiguous();
@@ -212,7 +215,7 @@ at::Tensor load_balancing_loss_cpu(const at::Tensor& logits_in, const at::Tensor
 
 at::Tensor load_balancing_loss_backward_cpu(const at::Tensor& grad, const at::Tensor& logits_in,
                                             const at::Tensor& indices, const std::optional<at::Tensor>& mask) {
-  at::Tensor grad_logits = load_balancing_loss_backward_outputs(grad, logits_in, indices, mask);
+  at::Tensor grad_logits = reusable_like(load_balancing_loss_backward_outputs(grad, logits_in, indices, mask));
   check_expert_ids_cpu("pesc.load_balancing_loss_backward", indices, logits_in.size(1), "indices");
   const at::Tensor logits = logits_in.contiguous();
   at::Tensor mask_holder;
@@ -245,7 +248,7 @@ at::Tensor router_z_loss_cpu(const at::Tensor& logits_in, const std::optional<at
 
 at::Tensor router_z_loss_backward_cpu(const at::Tensor& grad, const at::Tensor& logits_in,
                                       const std::optional<at::Tensor>& mask) {
-  at::Tensor grad_logits = router_z_loss_backward_outputs(grad, logits_in, mask);
+  at::Tensor grad_logits = reusable_like(router_z_loss_backward_outputs(grad, logits_in, mask));
   const at::Tensor logits = logits_in.contiguous();
   at::Tensor mask_holder;
   const bool* m = mask_ptr(mask, mask_holder);
@@ -263,7 +266,9 @@ at::Tensor router_z_loss_backward_cpu(const at::Tensor& grad, const at::Tensor& 
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> topk_gating_with_balancing_loss_cpu(
     const at::Tensor& logits_in, int64_t k, bool normalize, const std::optional<at::Tensor>& mask) {
-  auto [weights, indices, loss, routed_counts] = topk_gating_with_balancing_loss_outputs(logits_in, k, normalize, mask);
+  auto [weights_out, indices_out, loss, routed_counts] =
+      topk_gating_with_balancing_loss_outputs(logits_in, k, normalize, mask);
+  const auto [weights, indices] = reusable(std::tuple{weights_out, indices_out});
   const at::Tensor logits = logits_in.contiguous();
   const int64_t T = logits.size(0), E = logits.size(1);
   at::Tensor mask_holder;
@@ -291,8 +296,8 @@ at::Tensor topk_gating_with_balancing_loss_backward_cpu(const at::Tensor& grad_w
                                                         const at::Tensor& indices_in,
                                                         const at::Tensor& routed_counts_in,
                                                         const std::optional<at::Tensor>& mask, bool normalize) {
-  at::Tensor grad_logits = topk_gating_with_balancing_loss_backward_outputs(
-      grad_weights_in, grad_loss, logits_in, weights_in, indices_in, routed_counts_in, mask, normalize);
+  at::Tensor grad_logits = reusable_like(topk_gating_with_balancing_loss_backward_outputs(
+      grad_weights_in, grad_loss, logits_in, weights_in, indices_in, routed_counts_in, mask, normalize));
   check_expert_ids_cpu("pesc.topk_gating_with_balancing_loss_backward", indices_in, logits_in.size(1), "indices");
   const at::Tensor logits = logits_in.contiguous(), grad_weights = grad_weights_in.contiguous();
   const at::Tensor weights = weights_in.contiguous(), indices = indices_in.contiguous();

@@ -7,7 +7,8 @@
 // logits fp32/fp16/bf16, math in fp32 through routing/math.h, the same functions the CUDA kernels
 // run. Parallel over tokens, one writer per output row: no atomics, and the same bits for any
 // thread count. Per token, the scores, choices and group scores go to small buffers first, so the
-// selection rounds read memory instead of recomputing exponentials.
+// selection rounds read memory instead of recomputing exponentials. Outputs of 64 KiB and more
+// come from the reusable buffers of core/cpu_buffers.h.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
@@ -16,6 +17,7 @@
 
 #include <torch/library.h>
 
+#include "core/cpu_buffers.h"
 #include "core/tensor_utils.h"
 #include "routing/math.h"
 #include "routing/ops.h"
@@ -38,8 +40,8 @@ std::tuple<at::Tensor, at::Tensor> grouped_topk_gating_cpu(const at::Tensor& log
                                                            std::string_view scoring,
                                                            const std::optional<at::Tensor>& bias_in, int64_t num_groups,
                                                            int64_t topk_groups, bool normalize, double scaling) {
-  auto [weights, indices] =
-      grouped_topk_gating_outputs(logits_in, k, scoring, bias_in, num_groups, topk_groups, normalize, scaling);
+  auto [weights, indices] = reusable(
+      grouped_topk_gating_outputs(logits_in, k, scoring, bias_in, num_groups, topk_groups, normalize, scaling));
   const RouterScore score = parse_router_score("pesc.grouped_topk_gating", scoring);
   const at::Tensor logits = logits_in.contiguous();
   const auto bias = contiguous_optional(bias_in);
@@ -71,8 +73,8 @@ std::tuple<at::Tensor, at::Tensor> grouped_topk_gating_cpu(const at::Tensor& log
 at::Tensor grouped_topk_gating_backward_cpu(const at::Tensor& grad_weights_in, const at::Tensor& logits_in,
                                             const at::Tensor& indices_in, std::string_view scoring, bool normalize,
                                             double scaling) {
-  at::Tensor grad_logits =
-      grouped_topk_gating_backward_outputs(grad_weights_in, logits_in, indices_in, scoring, normalize, scaling);
+  at::Tensor grad_logits = reusable_like(
+      grouped_topk_gating_backward_outputs(grad_weights_in, logits_in, indices_in, scoring, normalize, scaling));
   const char* op = "pesc.grouped_topk_gating_backward";
   const RouterScore score = parse_router_score(op, scoring);
   const at::Tensor logits = logits_in.contiguous(), indices = indices_in.contiguous();
