@@ -52,3 +52,13 @@ def assert_bitwise_deterministic(run, device):
     for other in runs:
         for a, b in zip(first, other, strict=True):
             assert torch.equal(a, b)
+
+
+def router_bad_input_tensors(device):
+    """The small routing inputs the bad-input tables start from: logits [5, 8], valid int32 ids
+    [5, 2], and the same ids with one out of range (8 at [3, 1])."""
+    logits = torch.randn(5, 8, device=device)
+    ids = torch.zeros(5, 2, dtype=torch.int32, device=device)
+    bad_ids = ids.clone()
+    bad_ids[3, 1] = 8
+    return logits, ids, bad_ids

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _helpers import assert_close_to_reference
+from _helpers import assert_close_to_reference, router_bad_input_tensors
 from conftest import FLOAT_DTYPES
 from op_info import BadInput, OpInfo, bad_inputs_of, router_inputs
 
@@ -395,10 +395,7 @@ def _fused_gating_backward_samples(device, dtype):
 
 
 def _router_bad_inputs(device):
-    logits = torch.randn(5, 8, device=device)
-    idx = torch.zeros(5, 2, dtype=torch.int32, device=device)
-    bad_ids = idx.clone()
-    bad_ids[3, 1] = 8
+    logits, idx, bad_ids = router_bad_input_tensors(device)
     counts = torch.zeros(9, dtype=torch.int32, device=device)
     return {
         "topk_gating": [

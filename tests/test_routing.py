@@ -8,7 +8,7 @@ input, mixed devices, fallback) is tests/test_op_contract.py.
 """
 import pytest
 import torch
-from _helpers import assert_close_to_reference
+from _helpers import assert_close_to_reference, router_bad_input_tensors
 from conftest import FLOAT_DTYPES
 from op_info import BadInput, OpInfo, bad_inputs_of, gen, router_inputs
 
@@ -134,10 +134,7 @@ def _grouped_topk_backward_samples(device, dtype):
 
 
 def _grouped_topk_bad_inputs(device):
-    logits = torch.randn(5, 8, device=device)
-    idx = torch.zeros(5, 2, dtype=torch.int32, device=device)
-    bad_ids = idx.clone()
-    bad_ids[3, 1] = 8
+    logits, idx, bad_ids = router_bad_input_tensors(device)
     return {
         "grouped_topk_gating": [
             BadInput((logits[0], 2), ValueError, r"pesc.grouped_topk_gating: logits must be a 2-D tensor"),
