@@ -13,6 +13,7 @@ from conftest import FLOAT_DTYPES
 from op_info import BadInput, OpInfo, bad_inputs_of, gen, router_inputs
 
 from pesc_kernels import ops, reference
+from pesc_kernels.bench.gating import DEEPSEEK_V3_ROUTER, lean_torch_grouped_routing
 
 # (T, E, k, num_groups, topk_groups)
 SHAPES = [(0, 8, 2, 4, 2), (1, 1, 1, 1, 1), (1, 16, 16, 1, 1), (37, 16, 3, 4, 2), (64, 64, 6, 8, 3),
@@ -109,6 +110,26 @@ def test_selects_what_transformers_deepseek_v3_router_selects(device):
     assert torch.equal(idx.long().sort(dim=-1).values, idx_hf.sort(dim=-1).values)
     torch.testing.assert_close(w.gather(1, idx.long().argsort(dim=-1)), w_hf.gather(1, order_hf), rtol=1e-5,
                                atol=1e-6)
+
+
+def test_lean_torch_baseline_matches_the_op():
+    """The benchmark's plain-PyTorch DeepSeek-V3 router computes what the op computes (random
+    logits: no ties), forward and gradient."""
+    E, k, num_groups, topk_groups, scaling = DEEPSEEK_V3_ROUTER
+    logits = torch.randn(777, E, generator=gen(3))
+    bias = torch.randn(E, generator=gen(4)).mul(0.1)
+    upstream = torch.randn(777, k, generator=gen(5))
+    results = []
+    for route in (lambda x: lean_torch_grouped_routing(x, k, bias, num_groups, topk_groups, scaling),
+                  lambda x: ops.grouped_topk_gating(x, k, "sigmoid", bias, num_groups, topk_groups, True, scaling)):
+        x = logits.clone().requires_grad_(True)
+        weights, indices = route(x)
+        (grad,) = torch.autograd.grad((weights * upstream).sum(), x)
+        results.append((weights.detach(), indices, grad))
+    (w, i, grad), (w_ops, i_ops, grad_ops) = results
+    assert torch.equal(i.to(torch.int32), i_ops)  # both rank best first
+    for a, b in ((w, w_ops), (grad, grad_ops)):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5 * b.abs().max().item())
 
 
 # ------------------------------------------------------------------ the op table rows of this family

@@ -12,6 +12,11 @@ Candidates (the first is the baseline):
               softmax, topk, renormalisation, f from a bincount of the ids, P the mean probability
   reference   the readable pesc_kernels.reference functions
   pesc        pesc_kernels.ops
+
+DeepSeek-V3's router, ``grouped_topk_gating`` (E=256, k=8, 8 groups of which 4 are kept, sigmoid
+scores, a selection bias, routed scaling 2.5; T in {4096, 16384}, fwd and fwd+bwd), has the same
+candidates; its ``lean_torch`` (:func:`lean_torch_grouped_routing`) is the formulation of
+transformers' DeepseekV3 router with the masked scores at -inf.
 """
 from __future__ import annotations
 
@@ -38,6 +43,32 @@ def lean_torch_routing(logits: torch.Tensor, k: int, normalize: bool = True):
     fraction = torch.bincount(indices.flatten(), minlength=num_experts).float() / indices.numel()
     loss = num_experts * (fraction * probs.mean(dim=0)).sum()
     return weights, indices, loss
+
+
+def lean_torch_grouped_routing(logits: torch.Tensor, k: int, bias: torch.Tensor, num_groups: int,
+                               topk_groups: int, scaling: float):
+    """Group-limited sigmoid routing (DeepSeek-V3) as a strong PyTorch user writes it.
+
+    The same math as ``ops.grouped_topk_gating(logits, k, "sigmoid", bias, num_groups,
+    topk_groups, True, scaling)``: each group is scored by the sum of its two best biased scores,
+    the best ``topk_groups`` groups are eligible, the weights are the unbiased scores of the k
+    best eligible experts, renormalised and scaled.
+    """
+    T, E = logits.shape
+    scores = torch.sigmoid(logits.float())
+    choices = scores.detach() + bias
+    group_scores = choices.view(T, num_groups, E // num_groups).topk(2, dim=-1).values.sum(dim=-1)
+    kept = group_scores.topk(topk_groups, dim=-1).indices
+    group_mask = torch.zeros_like(group_scores, dtype=torch.bool).scatter_(1, kept, True)
+    eligible = group_mask.unsqueeze(-1).expand(T, num_groups, E // num_groups).reshape(T, E)
+    indices = choices.masked_fill(~eligible, float("-inf")).topk(k, dim=-1).indices
+    weights = scores.gather(1, indices)
+    weights = weights / (weights.sum(dim=-1, keepdim=True) + 1e-20)
+    return weights * scaling, indices
+
+
+# DeepSeek-V3's router configuration: E, k, num_groups, topk_groups, routed scaling.
+DEEPSEEK_V3_ROUTER = (256, 8, 8, 4, 2.5)
 
 
 def _separate_ops(api):
@@ -90,6 +121,46 @@ def _build(T, E, k, backward, fused):
     return build
 
 
+def _grouped_step(route, logits, upstream, backward):
+    def run():
+        x = leaf(logits) if backward else logits
+        weights, _ = route(x)
+        if backward:
+            weights.backward(upstream)
+        return weights
+
+    return run
+
+
+def _build_grouped(T, backward):
+    E, k, num_groups, topk_groups, scaling = DEEPSEEK_V3_ROUTER
+
+    def build(device, dtype):
+        gen = torch.Generator().manual_seed(0)
+        logits = torch.randn(T, E, generator=gen).to(device=device, dtype=dtype)
+        bias = (0.1 * torch.randn(E, generator=gen)).to(device)
+        upstream = torch.randn(T, k, generator=gen).to(device)
+        args = (k, "sigmoid", bias, num_groups, topk_groups, True, scaling)
+
+        def lean(x):
+            return lean_torch_grouped_routing(x, k, bias, num_groups, topk_groups, scaling)
+
+        candidates = {
+            "lean_torch": _grouped_step(lean, logits, upstream, backward),
+            "reference": _grouped_step(lambda x: reference.grouped_topk_gating(x, *args), logits, upstream,
+                                       backward),
+            "pesc": _grouped_step(lambda x: ops.grouped_topk_gating(x, *args), logits, upstream, backward),
+        }
+        # Logits read (again in the backward), weights + indices written; grad_weights read and
+        # grad_logits written in the backward.
+        moved = T * E * logits.element_size() + T * k * 8
+        if backward:
+            moved += 2 * T * E * logits.element_size() + T * k * 8
+        return CaseRun(candidates, bytes_moved=moved)
+
+    return build
+
+
 def cases() -> list[Case]:
     cases = []
     for fused in (False, True):
@@ -112,4 +183,14 @@ def cases() -> list[Case]:
                             sizes=sizes,
                             candidates=CANDIDATES,
                         ))
+    for T, sizes in ((512, ("tiny",)), (4096, ("full",)), (16384, ("full", "quick", "gpu"))):
+        for backward in (False, True):
+            cases.append(Case(
+                family="gating",
+                name=f"grouped_topk_gating {'fwd+bwd' if backward else 'fwd'}",
+                shape=f"T={T} E=256 k=8 groups=8/4 sigmoid",
+                build=_build_grouped(T, backward),
+                sizes=sizes,
+                candidates=CANDIDATES,
+            ))
     return cases
