@@ -36,6 +36,33 @@ void token_scores(const scalar_t* row, int E, RouterScore score, std::vector<flo
   for (int e = 0; e < E; ++e) scores[e] = router_score(logit(e), score, stats);
 }
 
+// grouped_topk_select's result (routing/math.h) in one pass over the experts instead of k rounds.
+// A group is kept when fewer than topk_groups groups rank before it; each expert of a kept group
+// enters a buffer of the k best so far (ids, values), kept sorted by topk_ranks_before. That order
+// is strict and total, so the buffer ends with the same experts in the same order as the rounds
+// pick them (the simulated-GPU tests compare the two bitwise). O(E) for most tokens, not O(k E).
+void select_in_one_pass(const float* choices, const float* groups, const GroupedTopkParams& p, int32_t* ids,
+                        float* values) {
+  const int group_size = p.E / p.num_groups;
+  int filled = 0;
+  for (int g = 0; g < p.num_groups; ++g) {
+    int ranked_before = 0;
+    for (int h = 0; h < p.num_groups; ++h) ranked_before += topk_ranks_before(groups[h], h, groups[g], g);
+    if (ranked_before >= p.topk_groups) continue;
+    for (int e = g * group_size; e < (g + 1) * group_size; ++e) {
+      const float v = choices[e];
+      if (filled == p.k && !topk_ranks_before(v, e, values[p.k - 1], ids[p.k - 1])) continue;
+      int j = filled < p.k ? filled++ : p.k - 1;  // a full buffer drops its last
+      for (; j > 0 && topk_ranks_before(v, e, values[j - 1], ids[j - 1]); --j) {
+        values[j] = values[j - 1];
+        ids[j] = ids[j - 1];
+      }
+      values[j] = v;
+      ids[j] = e;
+    }
+  }
+}
+
 std::tuple<at::Tensor, at::Tensor> grouped_topk_gating_cpu(const at::Tensor& logits_in, int64_t k,
                                                            std::string_view scoring,
                                                            const std::optional<at::Tensor>& bias_in, int64_t num_groups,
@@ -53,14 +80,14 @@ std::tuple<at::Tensor, at::Tensor> grouped_topk_gating_cpu(const at::Tensor& log
   PESC_DTYPE_SWITCH(dtype_of(logits), HostTypes, [&] {
     const scalar_t* l = logits.data_ptr<scalar_t>();
     at::parallel_for(0, T, token_grain(p.E), [&](int64_t begin, int64_t end) {
-      std::vector<float> scores(p.E), choices(p.E), groups(p.num_groups);
+      std::vector<float> scores(p.E), choices(p.E), groups(p.num_groups), selected(p.k);
       for (int64_t t = begin; t < end; ++t) {
         token_scores(l + t * p.E, p.E, score, scores);
         for (int e = 0; e < p.E; ++e) choices[e] = b == nullptr ? scores[e] : scores[e] + b[e];
         const auto choice = [&](int e) { return choices[e]; };
         for (int g = 0; g < p.num_groups; ++g) groups[g] = group_score(choice, g, p.E / p.num_groups);
         int32_t* row_idx = idx + t * p.k;
-        grouped_topk_select(choice, [&](int g) { return groups[g]; }, p, row_idx);
+        select_in_one_pass(choices.data(), groups.data(), p, row_idx, selected.data());
         float* row_w = w + t * p.k;
         for (int j = 0; j < p.k; ++j) row_w[j] = scores[row_idx[j]];
         routed_weights(row_w, p);
