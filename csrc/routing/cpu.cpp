@@ -7,7 +7,7 @@
 // logits fp32/fp16/bf16, math in fp32 through routing/math.h, the same functions the CUDA kernels
 // run. Parallel over tokens, one writer per output row: no atomics, and the same bits for any
 // thread count. Per token, the scores, choices and group scores go to small buffers first, so the
-// selection rounds read memory instead of recomputing exponentials. Outputs of 64 KiB and more
+// selection reads memory instead of recomputing exponentials. Outputs of 64 KiB and more
 // come from the reusable buffers of core/cpu_buffers.h.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>

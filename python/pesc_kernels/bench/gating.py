@@ -83,18 +83,26 @@ def _fused_op(api):
     return lambda x, k: api.topk_gating_with_balancing_loss(x, k)
 
 
-def _step(route, logits, k, upstream, backward):
-    loss_grad = torch.ones((), device=upstream.device)
+def _step(route, logits, upstream, backward):
+    """One timed call: route(x) returns the differentiable outputs, upstream holds their gradients."""
 
     def run():
         x = leaf(logits) if backward else logits
-        weights, _, balance = route(x, k)
+        outputs = route(x)
         if backward:
             # Upstream gradients seeded directly, as y.backward(upstream) in the other families.
-            torch.autograd.backward((weights, balance), (upstream, loss_grad))
-        return weights, balance
+            torch.autograd.backward(outputs, upstream)
+        return outputs
 
     return run
+
+
+def _weights_and_loss(route, k):
+    def outputs(x):
+        weights, _, balance = route(x, k)
+        return weights, balance
+
+    return outputs
 
 
 def _build(T, E, k, backward, fused):
@@ -102,13 +110,14 @@ def _build(T, E, k, backward, fused):
         gen = torch.Generator().manual_seed(0)
         logits = torch.randn(T, E, generator=gen).to(device=device, dtype=dtype)
         upstream = torch.randn(T, k, generator=gen).to(device)
-        ours = _fused_op(ops) if fused else _separate_ops(ops)
-        candidates = {
-            "lean_torch": _step(lean_torch_routing, logits, k, upstream, backward),
-            "reference": _step(_fused_op(reference) if fused else _separate_ops(reference), logits, k, upstream,
-                               backward),
-            "pesc": _step(ours, logits, k, upstream, backward),
+        grads = (upstream, torch.ones((), device=device))
+        routes = {
+            "lean_torch": lean_torch_routing,
+            "reference": _fused_op(reference) if fused else _separate_ops(reference),
+            "pesc": _fused_op(ops) if fused else _separate_ops(ops),
         }
+        candidates = {name: _step(_weights_and_loss(route, k), logits, grads, backward)
+                      for name, route in routes.items()}
         elem = logits.element_size()
         # Logits read once per pass (the separate ops make two forward and two backward passes),
         # weights + indices written, grad_weights read and grad_logits written in the backward.
@@ -121,17 +130,6 @@ def _build(T, E, k, backward, fused):
     return build
 
 
-def _grouped_step(route, logits, upstream, backward):
-    def run():
-        x = leaf(logits) if backward else logits
-        weights, _ = route(x)
-        if backward:
-            weights.backward(upstream)
-        return weights
-
-    return run
-
-
 def _build_grouped(T, backward):
     E, k, num_groups, topk_groups, scaling = DEEPSEEK_V3_ROUTER
 
@@ -141,16 +139,13 @@ def _build_grouped(T, backward):
         bias = (0.1 * torch.randn(E, generator=gen)).to(device)
         upstream = torch.randn(T, k, generator=gen).to(device)
         args = (k, "sigmoid", bias, num_groups, topk_groups, True, scaling)
-
-        def lean(x):
-            return lean_torch_grouped_routing(x, k, bias, num_groups, topk_groups, scaling)
-
-        candidates = {
-            "lean_torch": _grouped_step(lean, logits, upstream, backward),
-            "reference": _grouped_step(lambda x: reference.grouped_topk_gating(x, *args), logits, upstream,
-                                       backward),
-            "pesc": _grouped_step(lambda x: ops.grouped_topk_gating(x, *args), logits, upstream, backward),
+        routes = {
+            "lean_torch": lambda x: lean_torch_grouped_routing(x, k, bias, num_groups, topk_groups, scaling),
+            "reference": lambda x: reference.grouped_topk_gating(x, *args),
+            "pesc": lambda x: ops.grouped_topk_gating(x, *args),
         }
+        candidates = {name: _step(lambda x, route=route: route(x)[:1], logits, (upstream,), backward)
+                      for name, route in routes.items()}
         # Logits read (again in the backward), weights + indices written; grad_weights read and
         # grad_logits written in the backward.
         moved = T * E * logits.element_size() + T * k * 8
